@@ -1,0 +1,181 @@
+"""The Desk servicer: thin. It converts messages, calls the rules through the store, and
+converts back; errors are mapped to statuses by ``node.grpc_errors``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
+
+from grpc import aio
+
+from federation.operations import TICKET_COMMENT, TICKET_CREATE, TICKET_UPDATE
+from node import convert, rules
+from node.errors import InvalidArgument
+from node.sqlite_store import SqliteTicketStore
+from node.store import Change, TicketFilter
+from node.tickets import TicketView
+from node.watch import WatchHub
+from sundesk.v1 import desk_pb2 as pb
+from sundesk.v1 import desk_pb2_grpc
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
+ReplicationInfo = Callable[[str], tuple[list[str], list[str], dict[str, int]]]
+
+
+def _local_only(store: SqliteTicketStore) -> ReplicationInfo:
+    def info(change_id: str) -> tuple[list[str], list[str], dict[str, int]]:
+        return [store.region], [], store.version_vector()
+
+    return info
+
+
+class DeskService(desk_pb2_grpc.DeskServicer):
+    def __init__(
+        self,
+        store: SqliteTicketStore,
+        hub: WatchHub,
+        known_regions: Mapping[str, str],
+        trace_carrier: Callable[[], dict[str, str]] = dict,
+        replication_info: ReplicationInfo | None = None,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._regions = known_regions  # region name -> queue names it homes
+        self._carrier = trace_carrier
+        self._replication = replication_info or _local_only(store)
+
+    def _to_pb(self, view: TicketView) -> pb.Ticket:
+        msg = convert.ticket_to_pb(view)
+        applied, missing, vv = self._replication(view.last_change_id)
+        msg.replication.applied_in.extend(applied)
+        msg.replication.missing_in.extend(missing)
+        msg.replication.version_vector.update(vv)
+        return msg
+
+    def _check_region(self, name: str, what: str) -> None:
+        if name and name not in self._regions:
+            raise InvalidArgument(
+                f"{what} {name!r} is not a region of this federation; use one of: "
+                f"{', '.join(self._regions)}"
+            )
+
+    async def CreateTicket(
+        self, request: pb.CreateTicketRequest, context: aio.ServicerContext
+    ) -> pb.Ticket:
+        new = convert.new_ticket_from_pb(request)
+        self._check_region(new.home_region, "home region")
+        region = self._store.region
+
+        def build(_: TicketView | None, now: datetime) -> tuple[str, dict[str, object]]:
+            return TICKET_CREATE, rules.create_fields(new, region, now)
+
+        view, _ = await self._store.write(
+            None, build, self._carrier(), request_id=request.request_id[:100]
+        )
+        return self._to_pb(view)
+
+    async def GetTicket(
+        self, request: pb.GetTicketRequest, context: aio.ServicerContext
+    ) -> pb.Ticket:
+        code = _code(request.code)
+        return self._to_pb(self._store.get(code))
+
+    async def ListTickets(
+        self, request: pb.ListTicketsRequest, context: aio.ServicerContext
+    ) -> pb.ListTicketsResponse:
+        if request.page_size < 0:
+            raise InvalidArgument(f"page_size {request.page_size} is negative")
+        size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+        states = tuple(
+            s for s in (convert.state_from_pb(v) for v in request.states) if s is not None
+        )
+        flt = TicketFilter(
+            states=states,
+            queue=request.queue,
+            customer=request.customer,
+            kind=convert.kind_from_pb(request.kind, default=None),
+        )
+        page = self._store.list(flt, size, request.page_token)
+        return pb.ListTicketsResponse(
+            tickets=[self._to_pb(t) for t in page.tickets],
+            next_page_token=page.next_token,
+            total=page.total,
+        )
+
+    async def UpdateTicket(
+        self, request: pb.UpdateTicketRequest, context: aio.ServicerContext
+    ) -> pb.Ticket:
+        code = _code(request.code)
+        change = convert.change_from_pb(request)
+        region = self._store.region
+
+        def build(current: TicketView | None, now: datetime) -> tuple[str, dict[str, object]]:
+            assert current is not None
+            return TICKET_UPDATE, rules.update_fields(current, change, region, now)
+
+        view, _ = await self._store.write(code, build, self._carrier())
+        return self._to_pb(view)
+
+    async def AddComment(
+        self, request: pb.AddCommentRequest, context: aio.ServicerContext
+    ) -> pb.Ticket:
+        code = _code(request.code)
+        role = convert.role_from_pb(request.role)
+        region = self._store.region
+
+        def build(current: TicketView | None, now: datetime) -> tuple[str, dict[str, object]]:
+            assert current is not None
+            fields = rules.comment_fields(
+                current, request.author, request.text, role, request.internal, region, now
+            )
+            return TICKET_COMMENT, fields
+
+        view, _ = await self._store.write(code, build, self._carrier())
+        return self._to_pb(view)
+
+    async def WatchTickets(
+        self, request: pb.WatchTicketsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.TicketEvent]:
+        self._store.want_views = True
+        sub = self._hub.subscribe(request.queue)
+        if request.send_initial:
+            token = ""
+            while True:
+                page = self._store.list(TicketFilter(queue=request.queue), MAX_PAGE, token)
+                for view in page.tickets:
+                    yield pb.TicketEvent(
+                        type=pb.TicketEvent.TYPE_INITIAL, ticket=self._to_pb(view)
+                    )
+                token = page.next_token
+                if not token:
+                    break
+        async for change in sub:
+            yield _event(change, self._to_pb)
+
+
+_EVENT_TYPES = {
+    TICKET_CREATE: pb.TicketEvent.TYPE_CREATED,
+    TICKET_UPDATE: pb.TicketEvent.TYPE_UPDATED,
+    TICKET_COMMENT: pb.TicketEvent.TYPE_COMMENTED,
+}
+
+
+def _event(change: Change, to_pb: Callable[[TicketView], pb.Ticket]) -> pb.TicketEvent:
+    assert change.ticket is not None
+    return pb.TicketEvent(
+        type=_EVENT_TYPES.get(change.op.kind, pb.TicketEvent.TYPE_UPDATED),
+        ticket=to_pb(change.ticket),
+        change_id=change.op.op_id,
+        region=change.op.origin,
+    )
+
+
+def _code(code: str) -> str:
+    code = code.strip().upper()
+    if not code:
+        raise InvalidArgument("ticket code is empty; give a code such as VEL-000123")
+    if len(code) > 32:
+        raise InvalidArgument(f"ticket code {code[:32]}... is too long; codes look like VEL-000123")
+    return code

@@ -1,0 +1,152 @@
+"""Wiring of one regional node: store, services, health, reflection, graceful stop.
+
+Ticket reads and writes depend only on the local store: etcd, peers and the trace
+collector may all be unreachable and the node still serves its region.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from federation.config import FederationConfig, RegionConfig
+from federation.hlc import HybridClock
+from node.clock import Clock, SystemClock
+from node.desk_service import DeskService
+from node.errors import StorageError, Unavailable
+from node.grpc_errors import ErrorInterceptor
+from node.sqlite_store import SqliteTicketStore
+from node.watch import WatchHub
+from sundesk.v1 import desk_pb2, desk_pb2_grpc, federation_pb2
+
+log = logging.getLogger("sundesk.node")
+
+MAX_MESSAGE = 4 * 1024 * 1024
+SERVICES = (
+    desk_pb2.DESCRIPTOR.services_by_name["Desk"].full_name,
+    federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name,
+)
+
+
+@dataclass
+class NodeOptions:
+    region: str
+    listen: str = ""
+    data_dir: Path = Path("var/node")
+    metrics_port: int | None = None
+    otlp_endpoint: str | None = None
+    tracing: bool = True
+    extra_interceptors: list[aio.ServerInterceptor] = field(default_factory=list)
+
+
+def server_options() -> list[tuple[str, int]]:
+    # grpc turns SO_REUSEPORT on by default, which would let two nodes share a port
+    # silently; a second node on a taken port must fail loudly instead.
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ]
+
+
+class Node:
+    def __init__(
+        self, config: FederationConfig, options: NodeOptions, clock: Clock | None = None
+    ) -> None:
+        self.config = config
+        self.options = options
+        self.region: RegionConfig = config.region(options.region)
+        self.clock = clock or SystemClock()
+        self.listen = options.listen or self.region.address
+        self.hlc = HybridClock(self.clock, max_skew_seconds=config.max_clock_skew_seconds)
+        self.store: SqliteTicketStore | None = None
+        self.server: aio.Server | None = None
+        self.hub = WatchHub()
+        self._stopping = asyncio.Event()
+        self._on_stop: list[Callable[[], object]] = []
+
+    async def start(self) -> None:
+        self.store = SqliteTicketStore(
+            self.options.data_dir, self.region.name, self.region.code, self.clock, self.hlc
+        )
+        self.store.add_listener(self.hub.publish)
+        queues = {r.name: r.name for r in self.config.regions}
+        desk = DeskService(self.store, self.hub, queues)
+        server = aio.server(
+            interceptors=[*self.options.extra_interceptors, ErrorInterceptor()],
+            options=server_options(),
+        )
+        desk_pb2_grpc.add_DeskServicer_to_server(desk, server)
+        health_servicer = _health_servicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )
+        try:
+            port = server.add_insecure_port(self.listen)
+        except RuntimeError as exc:
+            port = 0
+            cause: Exception | None = exc
+        else:
+            cause = None
+        if not port:
+            await self.store.close()
+            raise Unavailable(
+                f"cannot listen on {self.listen}: the address is taken or not local; "
+                "stop the other process or choose another --listen"
+            ) from cause
+        await server.start()
+        for name in ("", *SERVICES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._health = health_servicer
+        self.server = server
+        log.info("region %s serving on %s", self.region.name, self.listen)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.server is not None:
+            for name in ("", *SERVICES):
+                await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.server.stop(grace)
+            self.server = None
+        for hook in self._on_stop:
+            result = hook()
+            if asyncio.iscoroutine(result):
+                await result
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run_until_signal(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self._stopping.wait()
+        log.info("region %s stopping", self.region.name)
+        await self.stop()
+
+
+def _health_servicer() -> health.aio.HealthServicer:
+    return health.aio.HealthServicer()
+
+
+async def run_node(config: FederationConfig, options: NodeOptions, clock: Clock | None) -> None:
+    node = Node(config, options, clock)
+    await node.start()
+    await node.run_until_signal()
+
+
+__all__ = ["Node", "NodeOptions", "StorageError", "grpc", "run_node"]

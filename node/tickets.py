@@ -1,0 +1,234 @@
+"""The ticket as the domain sees it: enums and a typed, read-only view.
+
+Replicated state lives in ``federation.merge.ReplicatedTicket`` (registers and sets);
+``TicketView`` is what rules, servicers and the CLI read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from federation.merge import ReplicatedTicket
+
+
+class Kind(StrEnum):
+    INCIDENT = "incident"
+    SERVICE_REQUEST = "service_request"
+    INFORMATION_REQUEST = "information_request"
+
+
+class State(StrEnum):
+    NEW = "new"
+    ASSIGNED = "assigned"
+    IN_PROGRESS = "in_progress"
+    PENDING_CUSTOMER = "pending_customer"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+OPEN_STATES = frozenset({State.NEW, State.ASSIGNED, State.IN_PROGRESS, State.PENDING_CUSTOMER})
+
+
+class Tier(StrEnum):
+    BRONZE = "bronze"
+    SILVER = "silver"
+    GOLD = "gold"
+    PLATINUM = "platinum"
+
+
+class Role(StrEnum):
+    AGENT = "agent"
+    CUSTOMER = "customer"
+    SYSTEM = "system"
+
+
+def iso(instant: datetime) -> str:
+    """UTC instant as ISO 8601 with milliseconds and a Z: sortable as text."""
+    utc = instant.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class CommentView:
+    id: str
+    author: str
+    text: str
+    at: str
+    region: str
+    internal: bool
+
+
+@dataclass(frozen=True)
+class StateChangeView:
+    from_state: State
+    to_state: State
+    by: str
+    role: Role
+    at: str
+    region: str
+    note: str
+
+
+@dataclass(frozen=True)
+class TicketView:
+    code: str
+    title: str
+    description: str
+    kind: Kind
+    state: State
+    priority: int
+    customer: str
+    asset: str
+    tier: Tier | None
+    home_region: str
+    queue: str
+    assignee: str
+    second_engineer: str
+    escalation_level: int
+    version: int
+    created_by: str
+    origin_region: str
+    created_at: str
+    updated_at: str
+    cause: str
+    satisfaction: int
+    first_response_at: str
+    resolved_at: str
+    response_due: str
+    resolution_due: str
+    source: str
+    last_change_id: str
+    digest: str
+    comments: tuple[CommentView, ...] = ()
+    history: tuple[StateChangeView, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+    @property
+    def reopen_count(self) -> int:
+        return sum(
+            1
+            for h in self.history
+            if h.from_state in (State.RESOLVED, State.CLOSED) and h.to_state == State.IN_PROGRESS
+        )
+
+    @classmethod
+    def from_replicated(cls, t: ReplicatedTicket) -> TicketView:
+        v = t.values
+        tier = v.get("tier") or ""
+        updated_hlc = int(t.last_change[0])
+        return cls(
+            code=t.code,
+            title=v.get("title", ""),
+            description=v.get("description", ""),
+            kind=Kind(v.get("kind", Kind.INCIDENT)),
+            state=State(v.get("state", State.NEW)),
+            priority=int(v.get("priority", 3)),
+            customer=v.get("customer", ""),
+            asset=v.get("asset", ""),
+            tier=Tier(tier) if tier else None,
+            home_region=v.get("home_region", ""),
+            queue=v.get("queue", ""),
+            assignee=v.get("assignee", ""),
+            second_engineer=v.get("second_engineer", ""),
+            escalation_level=int(v.get("escalation_level", 1)),
+            version=t.version,
+            created_by=v.get("created_by", ""),
+            origin_region=v.get("origin_region", ""),
+            created_at=v.get("created_at", ""),
+            updated_at=_hlc_iso(updated_hlc) if updated_hlc else v.get("created_at", ""),
+            cause=v.get("cause", ""),
+            satisfaction=int(v.get("satisfaction", 0)),
+            first_response_at=v.get("first_response_at", ""),
+            resolved_at=v.get("resolved_at", ""),
+            response_due=v.get("response_due", ""),
+            resolution_due=v.get("resolution_due", ""),
+            source=v.get("source", "agent"),
+            last_change_id=t.last_change_id,
+            digest=t.digest(),
+            comments=tuple(_comment(c) for c in t.sorted_comments()),
+            history=tuple(_change(h) for h in t.sorted_history()),
+            labels=dict(v.get("labels") or {}),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON form printed by ``sundesk ticket show --json``."""
+        return {
+            "code": self.code,
+            "title": self.title,
+            "description": self.description,
+            "state": self.state.value,
+            "priority": self.priority,
+            "kind": self.kind.value,
+            "customer": self.customer,
+            "asset": self.asset,
+            "tier": self.tier.value if self.tier else "",
+            "home_region": self.home_region,
+            "queue": self.queue,
+            "assignee": self.assignee,
+            "second_engineer": self.second_engineer,
+            "escalation_level": self.escalation_level,
+            "version": self.version,
+            "created_by": self.created_by,
+            "origin_region": self.origin_region,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "cause": self.cause,
+            "satisfaction": self.satisfaction,
+            "first_response_at": self.first_response_at,
+            "resolved_at": self.resolved_at,
+            "reopen_count": self.reopen_count,
+            "source": self.source,
+            "digest": self.digest,
+            "labels": self.labels,
+            "comments": [
+                {"id": c.id, "author": c.author, "text": c.text, "at": c.at, "region": c.region,
+                 "internal": c.internal}
+                for c in self.comments
+            ],
+            "history": [
+                {"from": h.from_state.value, "to": h.to_state.value, "by": h.by,
+                 "role": h.role.value, "at": h.at, "region": h.region, "note": h.note}
+                for h in self.history
+            ],
+        }
+
+
+def _hlc_iso(hlc: int) -> str:
+    return iso(datetime.fromtimestamp((hlc >> 16) / 1000, tz=UTC))
+
+
+def _comment(c: dict[str, Any]) -> CommentView:
+    return CommentView(
+        id=c["id"],
+        author=c.get("author", ""),
+        text=c.get("text", ""),
+        at=c.get("at", ""),
+        region=c.get("region", ""),
+        internal=bool(c.get("internal", False)),
+    )
+
+
+def _change(h: dict[str, Any]) -> StateChangeView:
+    return StateChangeView(
+        from_state=State(h["from"]),
+        to_state=State(h["to"]),
+        by=h.get("by", ""),
+        role=Role(h.get("role", Role.AGENT)),
+        at=h.get("at", ""),
+        region=h.get("region", ""),
+        note=h.get("note", ""),
+    )

@@ -1,0 +1,126 @@
+"""`sundesk`: the one command line of Sundesk.
+
+Errors print as one line on stderr and exit non-zero; `--json` output is for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import grpc
+
+from node.clock import Clock, ScaledClock, SystemClock
+from node.errors import SundeskError
+from ops import ticket_cli
+from ops.client import default_node, rpc_error_line
+
+
+def _clock(args: argparse.Namespace) -> Clock:
+    if not args.clock_start:
+        return SystemClock()
+    try:
+        start = datetime.fromisoformat(args.clock_start.replace("Z", "+00:00"))
+    except ValueError:
+        raise SundeskError(
+            f"--clock-start {args.clock_start!r} is not an ISO 8601 instant "
+            "(e.g. 2026-03-02T06:00:00Z)"
+        ) from None
+    if start.tzinfo is None:
+        raise SundeskError("--clock-start needs a time zone, e.g. 2026-03-02T06:00:00Z")
+    if args.speed <= 0:
+        raise SundeskError(f"--speed {args.speed} must be positive")
+    return ScaledClock(start, args.speed, origin_real=args.clock_origin)
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from federation.config import load_config
+    from node.server import NodeOptions, run_node
+
+    config = load_config(args.config)
+    options = NodeOptions(
+        region=config.region(args.region).name,
+        listen=args.listen,
+        data_dir=Path(args.data_dir or f"var/{config.region(args.region).name}"),
+        metrics_port=args.metrics_port,
+        otlp_endpoint=args.otlp_endpoint,
+    )
+    asyncio.run(run_node(config, options, _clock(args)))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from federation.config import load_config
+    from ops.plan_cli import run_plan
+
+    try:
+        start = datetime.strptime(args.start, "%Y-%m-%d").date()
+    except ValueError:
+        raise SundeskError(f"--from {args.start!r} is not a date; use YYYY-MM-DD") from None
+    if not 1 <= args.days <= 366:
+        raise SundeskError(f"--days {args.days} is out of range; plan 1 to 366 days")
+    print(run_plan(load_config(args.config), start, args.days, args.json))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--node", default=default_node(), help="HOST:PORT of a node")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+
+    parser = argparse.ArgumentParser(prog="sundesk", description="federated support desk")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("node", help="run one regional node")
+    p.add_argument("--region", required=True, help="region name or code, e.g. velizy")
+    p.add_argument("--listen", default="", help="HOST:PORT (default: the region's address)")
+    p.add_argument("--data-dir", default="", help="where the store lives (default var/REGION)")
+    p.add_argument("--config", default=None, help="federation TOML (default: shipped)")
+    p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument("--otlp-endpoint", default=None, help="HOST:PORT of an OTLP/gRPC receiver")
+    p.add_argument("--clock-start", default="", help="simulated clock start (ISO 8601)")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
+    p.add_argument("--clock-origin", type=float, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_node)
+
+    ticket_cli.add_parser(sub, common)
+
+    p = sub.add_parser("plan", help="who owns each queue, when")
+    p.add_argument("--from", dest="start", required=True, help="YYYY-MM-DD (UTC)")
+    p.add_argument("--days", type=int, default=1)
+    p.add_argument("--config", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.func(args)
+    except grpc.RpcError as err:
+        print(rpc_error_line(err, getattr(args, "node", "")), file=sys.stderr)
+        return 1
+    except SundeskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
