@@ -20,13 +20,15 @@ from grpc_reflection.v1alpha import reflection
 
 from federation.config import FederationConfig, RegionConfig
 from federation.hlc import HybridClock
+from federation.replication_service import CommitSignal, FederationService
+from federation.replicator import Replicator
 from node.clock import Clock, SystemClock
 from node.desk_service import DeskService
 from node.errors import StorageError, Unavailable
 from node.grpc_errors import ErrorInterceptor
 from node.sqlite_store import SqliteTicketStore
 from node.watch import WatchHub
-from sundesk.v1 import desk_pb2, desk_pb2_grpc, federation_pb2
+from sundesk.v1 import desk_pb2, desk_pb2_grpc, federation_pb2, federation_pb2_grpc
 
 log = logging.getLogger("sundesk.node")
 
@@ -45,6 +47,7 @@ class NodeOptions:
     metrics_port: int | None = None
     otlp_endpoint: str | None = None
     tracing: bool = True
+    peer_addresses: dict[str, str] = field(default_factory=dict)  # overrides, e.g. proxies
     extra_interceptors: list[aio.ServerInterceptor] = field(default_factory=list)
 
 
@@ -79,13 +82,26 @@ class Node:
             self.options.data_dir, self.region.name, self.region.code, self.clock, self.hlc
         )
         self.store.add_listener(self.hub.publish)
+        self.signal = CommitSignal()
+        self.store.add_listener(self.signal.notify)
+        peers = {
+            r.name: self.options.peer_addresses.get(r.name, r.address)
+            for r in self.config.regions
+            if r.name != self.region.name
+        }
+        self.replicator = Replicator(self.store, self.region.name, peers, self.clock)
         queues = {r.name: r.name for r in self.config.regions}
-        desk = DeskService(self.store, self.hub, queues)
+        desk = DeskService(
+            self.store, self.hub, queues, replication_info=self._replication_info
+        )
         server = aio.server(
             interceptors=[*self.options.extra_interceptors, ErrorInterceptor()],
             options=server_options(),
         )
         desk_pb2_grpc.add_DeskServicer_to_server(desk, server)
+        federation_pb2_grpc.add_FederationServicer_to_server(
+            FederationService(self.store, self.signal, self.status), server
+        )
         health_servicer = _health_servicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -111,12 +127,14 @@ class Node:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._health = health_servicer
         self.server = server
+        self.replicator.start()
         log.info("region %s serving on %s", self.region.name, self.listen)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.server is not None:
             for name in ("", *SERVICES):
                 await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.replicator.stop()
             await self.server.stop(grace)
             self.server = None
         for hook in self._on_stop:
@@ -126,6 +144,36 @@ class Node:
         if self.store is not None:
             await self.store.close()
             self.store = None
+
+    def _replication_info(self, change_id: str) -> tuple[list[str], list[str], dict[str, int]]:
+        assert self.store is not None
+        vv = self.store.version_vector()
+        if not change_id:
+            return [self.region.name], [], vv
+        origin, _, seq = change_id.rpartition(":")
+        have, missing = self.replicator.applied_in(origin, int(seq))
+        return have, missing, vv
+
+    def status(self) -> federation_pb2.NodeStatus:
+        assert self.store is not None
+        count, digest = self.store.digest()
+        msg = federation_pb2.NodeStatus(
+            region=self.region.name,
+            tickets=count,
+            digest=digest,
+            version_vector=self.store.version_vector(),
+        )
+        for name, peer in self.replicator.peers.items():
+            msg.peers[name].CopyFrom(
+                federation_pb2.PeerStatus(
+                    address=peer.address,
+                    connected=peer.connected,
+                    version_vector=peer.vv,
+                    backlog=self.replicator.backlog(name),
+                    applied=peer.applied,
+                )
+            )
+        return msg
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -412,16 +412,14 @@ class SqliteTicketStore:
         return dict(self._rconn.execute("SELECT origin, seq FROM vv"))
 
     def read_ops(self, after: Mapping[str, int], limit: int) -> list[Operation]:
-        """Operations not covered by ``after``, in seq order per origin, at most ``limit``."""
+        """For each origin named in ``after``, its operations past ``after[origin]``, in seq
+        order, at most ``limit`` in all."""
         ops: list[Operation] = []
-        for origin, seq in self._rconn.execute("SELECT origin, seq FROM vv ORDER BY origin"):
-            start = after.get(origin, 0)
-            if seq <= start:
-                continue
+        for origin in sorted(after):
             rows = self._rconn.execute(
                 "SELECT origin, seq, hlc, ticket, kind, fields, trace, signature FROM ops "
                 "WHERE origin=? AND seq>? ORDER BY seq LIMIT ?",
-                (origin, start, limit - len(ops)),
+                (origin, after[origin], limit - len(ops)),
             ).fetchall()
             ops.extend(_op_from_row(r) for r in rows)
             if len(ops) >= limit:

@@ -38,6 +38,16 @@ def _clock(args: argparse.Namespace) -> Clock:
     return ScaledClock(start, args.speed, origin_real=args.clock_origin)
 
 
+def _peers(items: list[str]) -> dict[str, str]:
+    peers = {}
+    for item in items:
+        region, sep, address = item.partition("=")
+        if not sep or not address:
+            raise SundeskError(f"--peer {item!r} must look like REGION=HOST:PORT")
+        peers[region] = address
+    return peers
+
+
 def cmd_node(args: argparse.Namespace) -> int:
     from federation.config import load_config
     from node.server import NodeOptions, run_node
@@ -49,6 +59,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir or f"var/{config.region(args.region).name}"),
         metrics_port=args.metrics_port,
         otlp_endpoint=args.otlp_endpoint,
+        peer_addresses=_peers(args.peer),
     )
     asyncio.run(run_node(config, options, _clock(args)))
     return 0
@@ -87,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--otlp-endpoint", default=None, help="HOST:PORT of an OTLP/gRPC receiver")
     p.add_argument("--clock-start", default="", help="simulated clock start (ISO 8601)")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
+    p.add_argument("--peer", action="append", default=[], metavar="REGION=HOST:PORT",
+                   help="dial this address to reach REGION (e.g. through a WAN proxy)")
     p.add_argument("--clock-origin", type=float, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_node)
 

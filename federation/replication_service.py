@@ -1,0 +1,144 @@
+"""The sending side of replication: the ``Federation`` servicer.
+
+A puller opens ``Pull`` with its version vector and the origins it wants from us; we
+stream what it lacks in per-origin seq order, then every new operation as it commits.
+Awaiting each write is the back-pressure: a slow puller slows only its own stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from grpc import aio
+
+from federation.wire import op_to_pb
+from node.sqlite_store import SqliteTicketStore
+from node.store import Change
+from sundesk.v1 import federation_pb2 as fpb
+from sundesk.v1 import federation_pb2_grpc
+
+log = logging.getLogger("sundesk.replication")
+
+DEFAULT_BATCH = 500
+MAX_BATCH = 5000
+HEARTBEAT_SECONDS = 1.0
+
+
+class CommitSignal:
+    """Wakes every waiting sender after each durable commit."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self, _changes: list[Change] | None = None) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+
+class _PullState:
+    def __init__(self, first: fpb.PullRequest) -> None:
+        self.region = first.region
+        self.cursor: dict[str, int] = dict(first.version_vector)
+        self.origins: frozenset[str] = frozenset(first.origins)
+        self.max_batch = min(first.max_batch or DEFAULT_BATCH, MAX_BATCH)
+        self.changed = asyncio.Event()
+
+    def update(self, req: fpb.PullRequest) -> None:
+        for origin, seq in req.version_vector.items():
+            if seq > self.cursor.get(origin, 0):
+                self.cursor[origin] = seq
+        self.origins = frozenset(req.origins)
+        self.changed.set()
+
+
+class FederationService(federation_pb2_grpc.FederationServicer):
+    def __init__(
+        self,
+        store: SqliteTicketStore,
+        signal: CommitSignal,
+        status: Callable[[], fpb.NodeStatus],
+        on_batch: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._signal = signal
+        self._status = status
+        self._on_batch = on_batch
+
+    async def Status(
+        self, request: fpb.NodeStatusRequest, context: aio.ServicerContext
+    ) -> fpb.NodeStatus:
+        return self._status()
+
+    async def Pull(
+        self, request_iterator: AsyncIterator[fpb.PullRequest], context: aio.ServicerContext
+    ) -> AsyncIterator[fpb.OperationBatch]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return
+        state = _PullState(first)
+        reader = asyncio.create_task(_read_updates(request_iterator, state))
+        try:
+            idle_sent = False
+            while True:
+                batch = self._next_batch(state)
+                if batch is None:
+                    if not idle_sent:
+                        yield self._batch([], caught_up=True)
+                        idle_sent = True
+                    state.changed.clear()
+                    waiter = asyncio.create_task(self._signal.wait(HEARTBEAT_SECONDS))
+                    changed = asyncio.create_task(state.changed.wait())
+                    done, pending = await asyncio.wait(
+                        {waiter, changed}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in pending:
+                        task.cancel()
+                    if not any(t is changed for t in done) and waiter.done():
+                        # Heartbeat: lets the puller see the link is alive and our vector.
+                        yield self._batch([], caught_up=True)
+                    continue
+                idle_sent = False
+                yield batch
+                if self._on_batch is not None:
+                    self._on_batch(state.region, len(batch.operations))
+        finally:
+            reader.cancel()
+
+    def _next_batch(self, state: _PullState) -> fpb.OperationBatch | None:
+        vv = self._store.version_vector()
+        wanted = {
+            origin: state.cursor.get(origin, 0)
+            for origin, seq in vv.items()
+            if (not state.origins or origin in state.origins) and seq > state.cursor.get(origin, 0)
+        }
+        if not wanted:
+            return None
+        ops = self._store.read_ops(wanted, state.max_batch)
+        if not ops:
+            return None
+        for op in ops:
+            state.cursor[op.origin] = op.seq
+        caught_up = len(ops) < state.max_batch
+        return self._batch([op_to_pb(op) for op in ops], caught_up=caught_up, vv=vv)
+
+    def _batch(
+        self, ops: list[fpb.Operation], caught_up: bool, vv: dict[str, int] | None = None
+    ) -> fpb.OperationBatch:
+        return fpb.OperationBatch(
+            operations=ops,
+            sender_version_vector=vv if vv is not None else self._store.version_vector(),
+            caught_up=caught_up,
+        )
+
+
+async def _read_updates(requests: AsyncIterator[fpb.PullRequest], state: _PullState) -> None:
+    with contextlib.suppress(Exception):
+        async for req in requests:
+            state.update(req)

@@ -1,0 +1,192 @@
+"""The pulling side of replication: one long-lived stream per peer.
+
+From each peer we ask for the peer's own operations. For an origin we cannot reach
+directly, we ask every peer we can reach, so Japan still gets Vélizy's changes through
+the UK when the Vélizy–Japan link is down. Streams reconnect with capped, jittered
+exponential backoff and resume from our version vector; applying is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+from grpc import aio
+
+from federation.operations import Operation
+from federation.wire import op_from_pb
+from node.clock import Clock
+from node.sqlite_store import SqliteTicketStore
+from sundesk.v1 import federation_pb2 as fpb
+from sundesk.v1 import federation_pb2_grpc
+
+log = logging.getLogger("sundesk.replication")
+
+IDLE_TIMEOUT = 5.0  # no batch (not even a heartbeat) for this long: the link is dead
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+@dataclass
+class PeerState:
+    region: str
+    address: str
+    connected: bool = False
+    vv: dict[str, int] = field(default_factory=dict)  # the peer's, as last seen
+    applied: int = 0
+    batches: int = 0
+    caught_up: bool = False
+    last_seen: float = 0.0
+    updates: asyncio.Queue[fpb.PullRequest] = field(default_factory=asyncio.Queue)
+
+
+@dataclass
+class ReplicationHooks:
+    """Observability of replication, supplied by the node (metrics and traces)."""
+
+    on_applied: Callable[[str, list[Operation]], None] = lambda peer, ops: None
+    on_peer: Callable[[PeerState], None] = lambda peer: None
+
+
+class Replicator:
+    def __init__(
+        self,
+        store: SqliteTicketStore,
+        region: str,
+        peers: Mapping[str, str],
+        clock: Clock,
+        hooks: ReplicationHooks | None = None,
+        max_batch: int = 500,
+        seed: int | None = None,
+    ) -> None:
+        self._store = store
+        self.region = region
+        self.peers = {r: PeerState(r, addr) for r, addr in peers.items() if r != region}
+        self._clock = clock
+        self._hooks = hooks or ReplicationHooks()
+        self._max_batch = max_batch
+        self._rng = random.Random(seed)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for peer in self.peers.values():
+            self._tasks.append(asyncio.create_task(self._run(peer), name=f"pull-{peer.region}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    # ----- what to ask each peer for -----------------------------------------------------
+
+    def wanted_from(self, peer: str) -> list[str]:
+        """The peer's own origin, plus every origin we have no live link to."""
+        unreachable = [
+            r for r, p in self.peers.items() if r != peer and not p.connected
+        ]
+        return sorted({peer, *unreachable})
+
+    def _link_changed(self) -> None:
+        vv = self._store.version_vector()
+        for p in self.peers.values():
+            if p.connected:
+                p.updates.put_nowait(
+                    fpb.PullRequest(region=self.region, version_vector=vv,
+                                    origins=self.wanted_from(p.region))
+                )
+
+    # ----- one peer ----------------------------------------------------------------------
+
+    async def _run(self, peer: PeerState) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._pull(peer)
+            except asyncio.CancelledError:
+                raise
+            except grpc.RpcError as exc:
+                log.debug("pull from %s failed: %s", peer.region, exc)
+            except Exception:
+                log.exception("pull from %s failed", peer.region)
+            if peer.connected:
+                peer.connected = False
+                self._hooks.on_peer(peer)
+                self._link_changed()
+                backoff = 0.1
+            delay = backoff * (0.5 + self._rng.random())
+            backoff = min(backoff * 2, 3.0)
+            await asyncio.sleep(delay)
+
+    async def _pull(self, peer: PeerState) -> None:
+        async with aio.insecure_channel(peer.address, options=CHANNEL_OPTIONS) as channel:
+            stub = federation_pb2_grpc.FederationStub(channel)
+            peer.updates = asyncio.Queue()
+            first = fpb.PullRequest(
+                region=self.region,
+                version_vector=self._store.version_vector(),
+                max_batch=self._max_batch,
+                origins=self.wanted_from(peer.region),
+            )
+
+            async def requests():  # type: ignore[no-untyped-def]
+                yield first
+                while True:
+                    yield await peer.updates.get()
+
+            call = stub.Pull(requests())
+            try:
+                while True:
+                    batch = await asyncio.wait_for(call.read(), IDLE_TIMEOUT)
+                    if batch is aio.EOF:
+                        return
+                    await self._on_batch(peer, batch)
+            finally:
+                call.cancel()
+
+    async def _on_batch(self, peer: PeerState, batch: fpb.OperationBatch) -> None:
+        peer.last_seen = time.monotonic()
+        peer.vv = dict(batch.sender_version_vector)
+        peer.caught_up = batch.caught_up
+        if not peer.connected:
+            peer.connected = True
+            log.info("replicating from %s (%s)", peer.region, peer.address)
+            self._link_changed()
+        if batch.operations:
+            ops = [op_from_pb(m) for m in batch.operations]
+            applied = await self._store.apply_remote(ops)
+            peer.applied += len(applied)
+            peer.batches += 1
+            if applied:
+                self._hooks.on_applied(peer.region, applied)
+        self._hooks.on_peer(peer)
+
+    # ----- what we know of the others ----------------------------------------------------
+
+    def backlog(self, peer: str) -> int:
+        """Operations we hold that ``peer`` lacks, as far as we know its vector."""
+        mine = self._store.version_vector()
+        theirs = self.peers[peer].vv
+        return sum(max(0, seq - theirs.get(origin, 0)) for origin, seq in mine.items())
+
+    def applied_in(self, origin: str, seq: int) -> tuple[list[str], list[str]]:
+        have = [self.region]
+        missing = []
+        for r, p in sorted(self.peers.items()):
+            (have if p.vv.get(origin, 0) >= seq else missing).append(r)
+        return have, missing
