@@ -17,7 +17,7 @@ import grpc
 
 from node.clock import Clock, ScaledClock, SystemClock
 from node.errors import SundeskError
-from ops import ticket_cli
+from ops import demo, local, ticket_cli
 from ops.client import default_node, rpc_error_line
 
 
@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_node)
 
     ticket_cli.add_parser(sub, common)
+    local.add_parser(sub)
+    demo.add_parser(sub)
 
     p = sub.add_parser("plan", help="who owns each queue, when")
     p.add_argument("--from", dest="start", required=True, help="YYYY-MM-DD (UTC)")

@@ -7,141 +7,31 @@ Reads like a script, in the spirit of raft's MakeCluster: ``Federation.start(tmp
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
-
-import grpc
 
 from federation.config import FederationConfig, load_config
-from ops.client import Client
-from sundesk.v1 import federation_pb2
+from ops.processes import ROOT, NodeProcess, free_ports, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
-
-
-def free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def wait_for(
-    what: str, check: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.02
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-class NodeProcess:
-    def __init__(
-        self, region: str, address: str, data_dir: Path, config_path: Path, log_path: Path,
-        extra_args: Iterable[str] = (),
-    ) -> None:
-        self.region = region
-        self.address = address
-        self.data_dir = data_dir
-        self.config_path = config_path
-        self.log_path = log_path
-        self.extra_args = list(extra_args)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "ops.cli", "node", "--region", self.region,
-            "--listen", self.address, "--data-dir", str(self.data_dir),
-            "--config", str(self.config_path), *self.extra_args,
-        ]
-
-    def start(self, wait: bool = True) -> NodeProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.command(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        log.close()
-        if wait:
-            self.wait_healthy()
-        return self
-
-    def wait_healthy(self, timeout: float = 20.0) -> None:
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(
-                    f"node {self.region} exited with {self.proc.returncode}:\n{self.log()}"
-                )
-            with Client(self.address) as c:
-                return c.healthy(timeout=0.5)
-
-        wait_for(f"node {self.region} healthy", ready, timeout)
-
-    def client(self) -> Client:
-        return Client(self.address)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye, no flush."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def terminate(self, timeout: float = 15.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def status(self) -> federation_pb2.NodeStatus | None:
-        try:
-            with self.client() as c:
-                resp: federation_pb2.NodeStatus = c.federation.Status(
-                    federation_pb2.NodeStatusRequest(), timeout=2
-                )
-                return resp
-        except grpc.RpcError:
-            return None
-
+__all__ = ["ROOT", "Federation", "NodeProcess", "free_ports", "wait_for"]
 
 class Federation:
     """A set of real node processes sharing one generated config."""
 
-    def __init__(self, base: Path, config: FederationConfig, regions: list[str]) -> None:
+    def __init__(
+        self, base: Path, config: FederationConfig, regions: list[str], proxied: bool = False,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.base = base
         self.config = config
         self.config_path = base / "federation.toml"
         self.config_path.write_text(config.to_toml())
+        self.proxy: subprocess.Popen[bytes] | None = None
+        self.control_port = 0
+        peer_args: dict[str, list[str]] = {r: [] for r in regions}
+        if proxied:
+            peer_args = self._start_proxies(regions)
         self.nodes = {
             r: NodeProcess(
                 r,
@@ -149,14 +39,65 @@ class Federation:
                 base / r,
                 self.config_path,
                 base / f"{r}.log",
+                extra_args=[*peer_args[r], *(extra_args or [])],
             )
             for r in regions
         }
 
+    def _start_proxies(self, regions: list[str]) -> dict[str, list[str]]:
+        """One fault-injecting proxy per directed link, all in one helper process."""
+        pairs = [(a, b) for a in regions for b in regions if a != b]
+        ports = free_ports(len(pairs) + 1)
+        self.control_port = ports[-1]
+        links = []
+        args: dict[str, list[str]] = {r: [] for r in regions}
+        for (src, dst), port in zip(pairs, ports, strict=False):
+            links.append({"from": src, "to": dst, "listen_port": port,
+                          "target": self.config.region(dst).address, "delay": 0.0})
+            args[src] += ["--peer", f"{dst}=127.0.0.1:{port}"]
+        spec = self.base / "links.json"
+        spec.write_text(json.dumps({"links": links, "control_port": self.control_port}))
+        log = (self.base / "proxy.log").open("ab")
+        self.proxy = subprocess.Popen(
+            [sys.executable, "-m", "federation.link_proxy", "--spec", str(spec)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for("link proxies", lambda: self._control({"op": "ping"}) is not None)
+        return args
+
+    def _control(self, command: dict[str, object]) -> dict[str, object] | None:
+        from federation.link_proxy import control
+
+        try:
+            return control("127.0.0.1", self.control_port, command)
+        except OSError:
+            return None
+
+    def cut(self, a: str, b: str) -> None:
+        """Blackhole both directions of the a–b link."""
+        for src, dst in ((a, b), (b, a)):
+            assert self._control({"op": "cut", "from": src, "to": dst}) is not None
+
+    def heal(self, a: str, b: str) -> None:
+        for src, dst in ((a, b), (b, a)):
+            assert self._control({"op": "heal", "from": src, "to": dst}) is not None
+
+    def isolate(self, region: str) -> None:
+        for other in self.nodes:
+            if other != region:
+                self.cut(region, other)
+
+    def heal_all(self) -> None:
+        for a in self.nodes:
+            for b in self.nodes:
+                if a < b:
+                    self.heal(a, b)
+
     @classmethod
     def make(
         cls, base: Path, regions: list[str] | None = None, etcd: str | None = None,
-        peer_addresses: dict[str, str] | None = None,
+        proxied: bool = False, extra_args: list[str] | None = None,
     ) -> Federation:
         default = load_config(None)
         names = regions or default.region_names()
@@ -166,7 +107,7 @@ class Federation:
         config = default.with_addresses(
             addresses, metrics, etcd_endpoints=[etcd] if etcd else None
         )
-        return cls(base, config, names)
+        return cls(base, config, names, proxied=proxied, extra_args=extra_args)
 
     def node(self, region: str) -> NodeProcess:
         return self.nodes[region]
@@ -185,6 +126,9 @@ class Federation:
                     n.terminate(10)
                 except subprocess.TimeoutExpired:
                     n.kill()
+        if self.proxy is not None:
+            self.proxy.terminate()
+            self.proxy.wait(10)
 
     def digests(self) -> dict[str, str]:
         out = {}

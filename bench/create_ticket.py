@@ -1,0 +1,98 @@
+"""CreateTicket throughput (durable, 64 in flight) against a bare grpc.aio echo service.
+
+Both servers run as separate processes on loopback and are measured in alternating rounds
+in one run, so machine noise hits both alike. Run: ``make bench`` or
+``.venv/bin/python -m bench.create_ticket [--seconds 5 --rounds 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc
+
+from bench.load import Result, closed_loop, median
+from federation.config import load_config
+from ops.processes import ROOT, NodeProcess, free_ports, wait_for
+from ops.client import Client
+from sundesk.v1 import desk_pb2 as pb
+from sundesk.v1 import desk_pb2_grpc
+
+
+async def measure(address: str, in_flight: int, seconds: float) -> Result:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = desk_pb2_grpc.DeskStub(channel)
+
+        async def call(i: int) -> object:
+            return await stub.CreateTicket(
+                pb.CreateTicketRequest(title=f"bench ticket {i}", customer="bench", priority=3)
+            )
+
+        return await closed_loop(call, in_flight, seconds)
+
+
+def start_echo(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.echo_server", "--listen", f"127.0.0.1:{port}"], cwd=ROOT
+    )
+
+    def up() -> bool:
+        with Client(f"127.0.0.1:{port}") as c:
+            try:
+                c.desk.CreateTicket(pb.CreateTicketRequest(title="x"), timeout=0.5)
+                return True
+            except grpc.RpcError:
+                return False
+
+    wait_for("echo server", up)
+    return proc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--node-arg", action="append", default=[],
+                        help="extra argument for the node (repeatable)")
+    args = parser.parse_args()
+
+    echo_port, node_port = free_ports(2)
+    with tempfile.TemporaryDirectory(prefix="sundesk-bench-", dir=ROOT / "var"
+                                     if (ROOT / "var").is_dir() else None) as tmp:
+        base = Path(tmp)
+        config = load_config(None).with_addresses({"velizy": f"127.0.0.1:{node_port}"})
+        config_path = base / "federation.toml"
+        config_path.write_text(config.to_toml())
+        node = NodeProcess("velizy", f"127.0.0.1:{node_port}", base / "velizy", config_path,
+                           base / "node.log", extra_args=args.node_arg)
+        echo = start_echo(echo_port)
+        node.start()
+        echo_rates: list[float] = []
+        node_rates: list[float] = []
+        try:
+            for r in range(args.rounds):
+                e = asyncio.run(measure(f"127.0.0.1:{echo_port}", args.in_flight, args.seconds))
+                n = asyncio.run(measure(node.address, args.in_flight, args.seconds))
+                echo_rates.append(e.rate)
+                node_rates.append(n.rate)
+                print(f"round {r + 1}: echo        {e.summary()}")
+                print(f"round {r + 1}: CreateTicket {n.summary()}")
+        finally:
+            echo.terminate()
+            echo.wait(10)
+            node.terminate()
+    ratio = median(node_rates) / median(echo_rates)
+    print(
+        f"median echo {median(echo_rates):.0f}/s, CreateTicket {median(node_rates):.0f}/s "
+        f"(durable, {args.in_flight} in flight): ratio {ratio:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
