@@ -19,7 +19,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from federation.config import FederationConfig, RegionConfig
-from federation.hlc import HybridClock
 from federation.replication_service import CommitSignal, FederationService
 from federation.replicator import Replicator
 from node.clock import Clock, SystemClock
@@ -70,7 +69,6 @@ class Node:
         self.region: RegionConfig = config.region(options.region)
         self.clock = clock or SystemClock()
         self.listen = options.listen or self.region.address
-        self.hlc = HybridClock(self.clock, max_skew_seconds=config.max_clock_skew_seconds)
         self.store: SqliteTicketStore | None = None
         self.server: aio.Server | None = None
         self.hub = WatchHub()
@@ -79,7 +77,11 @@ class Node:
 
     async def start(self) -> None:
         self.store = SqliteTicketStore(
-            self.options.data_dir, self.region.name, self.region.code, self.clock, self.hlc
+            self.options.data_dir,
+            self.region.name,
+            self.region.code,
+            self.clock,
+            max_skew_seconds=self.config.max_clock_skew_seconds,
         )
         self.store.add_listener(self.hub.publish)
         self.signal = CommitSignal()

@@ -111,14 +111,14 @@ class SqliteTicketStore:
         region: str,
         region_code: str,
         clock: Clock,
-        hlc: HybridClock | None = None,
+        max_skew_seconds: float = 60.0,
+        on_skew: Callable[[int, int], None] | None = None,
         on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         self.region = region
         self.region_code = region_code
         self.path = Path(data_dir) / "sundesk.db"
         self._clock = clock
-        self._hlc = hlc or HybridClock(clock)
         self._on_commit = on_commit
         self._wconn = open_database(self.path)
         try:
@@ -135,6 +135,10 @@ class SqliteTicketStore:
             ) from exc
         self._vv: dict[str, int] = dict(self._wconn.execute("SELECT origin, seq FROM vv"))
         self._ticket_seq = self._load_ticket_seq()
+        # Start the HLC above every stamp already logged: a wall clock that went back while
+        # the node was down must not reorder this origin's operations.
+        (last_hlc,) = self._wconn.execute("SELECT coalesce(max(hlc), 0) FROM ops").fetchone()
+        self.hlc = HybridClock(clock, max_skew_seconds, on_skew, start=int(last_hlc))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._listeners: list[Callable[[list[Change]], None]] = []
         self.want_views = False
@@ -290,7 +294,7 @@ class SqliteTicketStore:
         op = Operation(
             origin=self.region,
             seq=seq,
-            hlc=self._hlc.now(),
+            hlc=self.hlc.now(),
             ticket=code,
             kind=kind,
             fields=fields,
@@ -313,7 +317,7 @@ class SqliteTicketStore:
                 # Duplicates (seq <= have) are normal with several peers; gaps cannot come
                 # from a well-behaved peer and are skipped until the missing ops arrive.
                 continue
-            self._hlc.observe(op.hlc)
+            self.hlc.observe(op.hlc)
             ticket, previous = self._apply(conn, op)
             applied.append(op)
             view = TicketView.from_replicated(ticket) if self.want_views else None

@@ -63,15 +63,15 @@ class Federation:
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_for("link proxies", lambda: self._control({"op": "ping"}) is not None)
+        wait_for("link proxies", lambda: self._control({"op": "stats"}) is not None)
         return args
 
     def _control(self, command: dict[str, object]) -> dict[str, object] | None:
-        from federation.link_proxy import control
+        from federation.link_proxy import LinkControlError, control
 
         try:
             return control("127.0.0.1", self.control_port, command)
-        except OSError:
+        except (OSError, LinkControlError):
             return None
 
     def cut(self, a: str, b: str) -> None:
