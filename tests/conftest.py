@@ -6,3 +6,5 @@ import faulthandler
 import sys
 
 faulthandler.enable(file=sys.stderr)
+
+pytest_plugins = ["tests.support.etcd"]

@@ -16,11 +16,16 @@ from ops.processes import ROOT, NodeProcess, free_ports, wait_for
 
 __all__ = ["ROOT", "Federation", "NodeProcess", "free_ports", "wait_for"]
 
+
 class Federation:
     """A set of real node processes sharing one generated config."""
 
     def __init__(
-        self, base: Path, config: FederationConfig, regions: list[str], proxied: bool = False,
+        self,
+        base: Path,
+        config: FederationConfig,
+        regions: list[str],
+        proxied: bool = False,
         extra_args: list[str] | None = None,
     ) -> None:
         self.base = base
@@ -52,15 +57,24 @@ class Federation:
         links = []
         args: dict[str, list[str]] = {r: [] for r in regions}
         for (src, dst), port in zip(pairs, ports, strict=False):
-            links.append({"from": src, "to": dst, "listen_port": port,
-                          "target": self.config.region(dst).address, "delay": 0.0})
+            links.append(
+                {
+                    "from": src,
+                    "to": dst,
+                    "listen_port": port,
+                    "target": self.config.region(dst).address,
+                    "delay": 0.0,
+                }
+            )
             args[src] += ["--peer", f"{dst}=127.0.0.1:{port}"]
         spec = self.base / "links.json"
         spec.write_text(json.dumps({"links": links, "control_port": self.control_port}))
         log = (self.base / "proxy.log").open("ab")
         self.proxy = subprocess.Popen(
             [sys.executable, "-m", "federation.link_proxy", "--spec", str(spec)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         wait_for("link proxies", lambda: self._control({"op": "stats"}) is not None)
@@ -96,17 +110,19 @@ class Federation:
 
     @classmethod
     def make(
-        cls, base: Path, regions: list[str] | None = None, etcd: str | None = None,
-        proxied: bool = False, extra_args: list[str] | None = None,
+        cls,
+        base: Path,
+        regions: list[str] | None = None,
+        etcd: str | None = None,
+        proxied: bool = False,
+        extra_args: list[str] | None = None,
     ) -> Federation:
         default = load_config(None)
         names = regions or default.region_names()
         ports = free_ports(2 * len(names))
         addresses = {r: f"127.0.0.1:{ports[i]}" for i, r in enumerate(names)}
         metrics = {r: ports[len(names) + i] for i, r in enumerate(names)}
-        config = default.with_addresses(
-            addresses, metrics, etcd_endpoints=[etcd] if etcd else None
-        )
+        config = default.with_addresses(addresses, metrics, etcd_endpoints=[etcd] if etcd else None)
         return cls(base, config, names, proxied=proxied, extra_args=extra_args)
 
     def node(self, region: str) -> NodeProcess:
