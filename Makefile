@@ -13,7 +13,7 @@ setup: $(STAMP) $(GEN) etcd
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
 # Generated code lives in sundesk/v1/ (git-ignored); it is never edited by hand.
