@@ -18,8 +18,8 @@ import grpc
 
 from bench.load import Result, closed_loop, median
 from federation.config import load_config
-from ops.processes import ROOT, NodeProcess, free_ports, wait_for
 from ops.client import Client
+from ops.processes import ROOT, NodeProcess, free_ports, wait_for
 from sundesk.v1 import desk_pb2 as pb
 from sundesk.v1 import desk_pb2_grpc
 
@@ -58,19 +58,27 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--in-flight", type=int, default=64)
-    parser.add_argument("--node-arg", action="append", default=[],
-                        help="extra argument for the node (repeatable)")
+    parser.add_argument(
+        "--node-arg", action="append", default=[], help="extra argument for the node (repeatable)"
+    )
     args = parser.parse_args()
 
     echo_port, node_port = free_ports(2)
-    with tempfile.TemporaryDirectory(prefix="sundesk-bench-", dir=ROOT / "var"
-                                     if (ROOT / "var").is_dir() else None) as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix="sundesk-bench-", dir=ROOT / "var" if (ROOT / "var").is_dir() else None
+    ) as tmp:
         base = Path(tmp)
         config = load_config(None).with_addresses({"velizy": f"127.0.0.1:{node_port}"})
         config_path = base / "federation.toml"
         config_path.write_text(config.to_toml())
-        node = NodeProcess("velizy", f"127.0.0.1:{node_port}", base / "velizy", config_path,
-                           base / "node.log", extra_args=args.node_arg)
+        node = NodeProcess(
+            "velizy",
+            f"127.0.0.1:{node_port}",
+            base / "velizy",
+            config_path,
+            base / "node.log",
+            extra_args=args.node_arg,
+        )
         echo = start_echo(echo_port)
         node.start()
         echo_rates: list[float] = []

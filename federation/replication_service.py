@@ -37,9 +37,10 @@ class CommitSignal:
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, within: float) -> None:
+        """Return at the next commit, or after ``within`` seconds."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
+            await asyncio.wait_for(self._event.wait(), within)
 
 
 class _PullState:

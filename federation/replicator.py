@@ -97,9 +97,7 @@ class Replicator:
 
     def wanted_from(self, peer: str) -> list[str]:
         """The peer's own origin, plus every origin we have no live link to."""
-        unreachable = [
-            r for r, p in self.peers.items() if r != peer and not p.connected
-        ]
+        unreachable = [r for r, p in self.peers.items() if r != peer and not p.connected]
         return sorted({peer, *unreachable})
 
     def _link_changed(self) -> None:
@@ -107,8 +105,9 @@ class Replicator:
         for p in self.peers.values():
             if p.connected:
                 p.updates.put_nowait(
-                    fpb.PullRequest(region=self.region, version_vector=vv,
-                                    origins=self.wanted_from(p.region))
+                    fpb.PullRequest(
+                        region=self.region, version_vector=vv, origins=self.wanted_from(p.region)
+                    )
                 )
 
     # ----- one peer ----------------------------------------------------------------------
@@ -186,7 +185,7 @@ class Replicator:
 
     def applied_in(self, origin: str, seq: int) -> tuple[list[str], list[str]]:
         have = [self.region]
-        missing = []
+        missing: list[str] = []
         for r, p in sorted(self.peers.items()):
             (have if p.vv.get(origin, 0) >= seq else missing).append(r)
         return have, missing

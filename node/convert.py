@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -35,13 +36,13 @@ ROLE_TO_PB = {
     Role.CUSTOMER: pb.ACTOR_ROLE_CUSTOMER,
     Role.SYSTEM: pb.ACTOR_ROLE_SYSTEM,
 }
-KIND_FROM_PB = {v: k for k, v in KIND_TO_PB.items()}
-STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
-TIER_FROM_PB = {v: k for k, v in TIER_TO_PB.items()}
-ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
+KIND_FROM_PB: dict[int, Kind] = {int(v): k for k, v in KIND_TO_PB.items()}
+STATE_FROM_PB: dict[int, State] = {int(v): k for k, v in STATE_TO_PB.items()}
+TIER_FROM_PB: dict[int, Tier] = {int(v): k for k, v in TIER_TO_PB.items()}
+ROLE_FROM_PB: dict[int, Role] = {int(v): k for k, v in ROLE_TO_PB.items()}
 
 
-def _choices(mapping: dict[int, object]) -> str:
+def _choices(mapping: Mapping[int, object]) -> str:
     return ", ".join(str(getattr(v, "value", v)) for v in mapping.values())
 
 
@@ -177,7 +178,11 @@ def ticket_to_pb(t: TicketView) -> pb.Ticket:
             getattr(msg, name).CopyFrom(ts)
     for c in t.comments:
         msg.comments.add(
-            id=c.id, author=c.author, text=c.text, at=_ts(c.at), region=c.region,
+            id=c.id,
+            author=c.author,
+            text=c.text,
+            at=_ts(c.at),
+            region=c.region,
             internal=c.internal,
         )
     for h in t.history:

@@ -97,7 +97,7 @@ class DeskService(desk_pb2_grpc.DeskServicer):
             customer=request.customer,
             kind=convert.kind_from_pb(request.kind, default=None),
         )
-        page = self._store.list(flt, size, request.page_token)
+        page = self._store.list_tickets(flt, size, request.page_token)
         return pb.ListTicketsResponse(
             tickets=[self._to_pb(t) for t in page.tickets],
             next_page_token=page.next_token,
@@ -143,11 +143,9 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         if request.send_initial:
             token = ""
             while True:
-                page = self._store.list(TicketFilter(queue=request.queue), MAX_PAGE, token)
+                page = self._store.list_tickets(TicketFilter(queue=request.queue), MAX_PAGE, token)
                 for view in page.tickets:
-                    yield pb.TicketEvent(
-                        type=pb.TicketEvent.TYPE_INITIAL, ticket=self._to_pb(view)
-                    )
+                    yield pb.TicketEvent(type=pb.TicketEvent.TYPE_INITIAL, ticket=self._to_pb(view))
                 token = page.next_token
                 if not token:
                     break

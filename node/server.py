@@ -93,9 +93,7 @@ class Node:
         }
         self.replicator = Replicator(self.store, self.region.name, peers, self.clock)
         queues = {r.name: r.name for r in self.config.regions}
-        desk = DeskService(
-            self.store, self.hub, queues, replication_info=self._replication_info
-        )
+        desk = DeskService(self.store, self.hub, queues, replication_info=self._replication_info)
         server = aio.server(
             interceptors=[*self.options.extra_interceptors, ErrorInterceptor()],
             options=server_options(),
@@ -107,8 +105,11 @@ class Node:
         health_servicer = _health_servicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                *SERVICES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         try:

@@ -87,7 +87,9 @@ def open_database(path: Path) -> sqlite3.Connection:
     """Open (creating) the database, with the one clear error per way it can fail."""
     data_dir = path.parent
     if data_dir.exists() and not data_dir.is_dir():
-        raise StorageError(f"data dir {data_dir} is not a directory; give a directory with --data-dir")
+        raise StorageError(
+            f"data dir {data_dir} is not a directory; give a directory with --data-dir"
+        )
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -124,9 +126,7 @@ class SqliteTicketStore:
         try:
             self._wconn.executescript(SCHEMA)
             self._check_region()
-            self._rconn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False
-            )
+            self._rconn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.DatabaseError as exc:
             self._wconn.close()
             raise StorageError(
@@ -324,7 +324,9 @@ class SqliteTicketStore:
             changes.append(Change(op=op, ticket=view, local=False, previous_state=previous))
         return _Result(value=applied, changes=changes)
 
-    def _apply(self, conn: sqlite3.Connection, op: Operation) -> tuple[ReplicatedTicket, State | None]:
+    def _apply(
+        self, conn: sqlite3.Connection, op: Operation
+    ) -> tuple[ReplicatedTicket, State | None]:
         conn.execute(
             "INSERT INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -379,7 +381,7 @@ class SqliteTicketStore:
     def get_replicated(self, code: str) -> ReplicatedTicket | None:
         return self._load(self._rconn, code)
 
-    def list(self, flt: TicketFilter, page_size: int, page_token: str) -> Page:
+    def list_tickets(self, flt: TicketFilter, page_size: int, page_token: str) -> Page:
         where = ["created=1"]
         args: list[Any] = []
         if flt.states:

@@ -195,13 +195,26 @@ class TicketView:
             "digest": self.digest,
             "labels": self.labels,
             "comments": [
-                {"id": c.id, "author": c.author, "text": c.text, "at": c.at, "region": c.region,
-                 "internal": c.internal}
+                {
+                    "id": c.id,
+                    "author": c.author,
+                    "text": c.text,
+                    "at": c.at,
+                    "region": c.region,
+                    "internal": c.internal,
+                }
                 for c in self.comments
             ],
             "history": [
-                {"from": h.from_state.value, "to": h.to_state.value, "by": h.by,
-                 "role": h.role.value, "at": h.at, "region": h.region, "note": h.note}
+                {
+                    "from": h.from_state.value,
+                    "to": h.to_state.value,
+                    "by": h.by,
+                    "role": h.role.value,
+                    "at": h.at,
+                    "region": h.region,
+                    "note": h.note,
+                }
                 for h in self.history
             ],
         }

@@ -98,8 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--otlp-endpoint", default=None, help="HOST:PORT of an OTLP/gRPC receiver")
     p.add_argument("--clock-start", default="", help="simulated clock start (ISO 8601)")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
-    p.add_argument("--peer", action="append", default=[], metavar="REGION=HOST:PORT",
-                   help="dial this address to reach REGION (e.g. through a WAN proxy)")
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="REGION=HOST:PORT",
+        help="dial this address to reach REGION (e.g. through a WAN proxy)",
+    )
     p.add_argument("--clock-origin", type=float, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_node)
 

@@ -69,9 +69,14 @@ def run(base: Path, seed: int = 7) -> None:
             with Client(address) as c:
                 for customer in CUSTOMERS[region]:
                     title, priority, _ = rnd.choice(PROBLEMS)
-                    t = c.desk.CreateTicket(pb.CreateTicketRequest(
-                        title=title, priority=priority, customer=customer,
-                        created_by=f"agent-{region}"))
+                    t = c.desk.CreateTicket(
+                        pb.CreateTicketRequest(
+                            title=title,
+                            priority=priority,
+                            customer=customer,
+                            created_by=f"agent-{region}",
+                        )
+                    )
                     codes[t.code] = region
                     say(f"  {t.code}  P{t.priority}  {customer:18} {title}")
         seconds = converge(base)
@@ -82,20 +87,28 @@ def run(base: Path, seed: int = 7) -> None:
         with Client(nodes["japan"]) as c:
             wait_for(f"{code} in Japan", lambda: _has(c, code))
             c.desk.UpdateTicket(pb.UpdateTicketRequest(code=code, actor="kenji", assignee="kenji"))
-            c.desk.AddComment(pb.AddCommentRequest(
-                code=code, author="kenji", text="Collected controller logs overnight."))
+            c.desk.AddComment(
+                pb.AddCommentRequest(
+                    code=code, author="kenji", text="Collected controller logs overnight."
+                )
+            )
         converge(base)
         with Client(nodes["velizy"]) as c:
             t = c.desk.GetTicket(pb.GetTicketRequest(code=code))
-        say(f"  seen from Vélizy: assignee {t.assignee}, comment «{t.comments[-1].text}» "
-            f"written in {t.comments[-1].region}; applied in {', '.join(t.replication.applied_in)}")
+        say(
+            f"  seen from Vélizy: assignee {t.assignee}, comment «{t.comments[-1].text}» "
+            f"written in {t.comments[-1].region}; applied in {', '.join(t.replication.applied_in)}"
+        )
 
         say("\nThe US node crashes (SIGKILL); the others keep writing:")
         local.kill(base, "us")
         for region in ("velizy", "uk", "japan"):
             with Client(nodes[region]) as c:
-                t = c.desk.CreateTicket(pb.CreateTicketRequest(
-                    title="Written while the US is down", customer=CUSTOMERS[region][0]))
+                t = c.desk.CreateTicket(
+                    pb.CreateTicketRequest(
+                        title="Written while the US is down", customer=CUSTOMERS[region][0]
+                    )
+                )
                 say(f"  {t.code} opened in {region}")
         local.start(base, "us")
         seconds = converge(base)

@@ -29,7 +29,6 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -262,5 +261,3 @@ class EtcdServer:
 def _kill_leftovers() -> None:
     for server in list(_RUNNING):
         server.kill()
-
-

@@ -58,8 +58,12 @@ class LocalFederation:
             )
         n = state["nodes"][region]
         return NodeProcess(
-            region, n["address"], Path(n["data_dir"]), Path(state["config"]),
-            Path(n["log"]), extra_args=n["args"],
+            region,
+            n["address"],
+            Path(n["data_dir"]),
+            Path(state["config"]),
+            Path(n["log"]),
+            extra_args=n["args"],
         )
 
 
@@ -104,8 +108,8 @@ def up(
 ) -> dict[str, Any]:
     fed = LocalFederation(base)
     if fed.state_path.exists():
-        state = fed.load()
-        if any(pid_alive(n.get("pid")) for n in state["nodes"].values()):
+        previous = fed.load()
+        if any(pid_alive(n.get("pid")) for n in previous["nodes"].values()):
             raise FailedPrecondition(
                 f"a local federation is already running in {base}; `sundesk local down` first"
             )
@@ -133,8 +137,14 @@ def up(
         state["collector"] = _start_collector(base)
         common += ["--otlp-endpoint", state["collector"]["endpoint"]]
     if clock_start:
-        common += ["--clock-start", clock_start, "--speed", str(speed),
-                   "--clock-origin", repr(time.time())]
+        common += [
+            "--clock-start",
+            clock_start,
+            "--speed",
+            str(speed),
+            "--clock-origin",
+            repr(time.time()),
+        ]
         state["clock"] = {"start": clock_start, "speed": speed}
     peer_args: dict[str, list[str]] = {r: [] for r in names}
     if wan:
@@ -149,8 +159,12 @@ def up(
         node.start(wait=False, detach=True)
         procs.append(node)
         state["nodes"][r] = {
-            "pid": node.pid, "address": addresses[r], "metrics": metrics[r],
-            "data_dir": str(base / r), "log": str(base / f"{r}.log"), "args": args,
+            "pid": node.pid,
+            "address": addresses[r],
+            "metrics": metrics[r],
+            "data_dir": str(base / r),
+            "log": str(base / f"{r}.log"),
+            "args": args,
         }
     fed.save(state)
     for node in procs:
@@ -162,9 +176,19 @@ def _start_collector(base: Path) -> dict[str, Any]:
     port = free_ports(1)[0]
     log = (base / "collector.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ops.collector", "--db", str(base / "traces.db"),
-         "--listen", f"127.0.0.1:{port}"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "ops.collector",
+            "--db",
+            str(base / "traces.db"),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
     log.close()
@@ -184,15 +208,25 @@ def _start_proxies(
     links = []
     routes: dict[tuple[str, str], str] = {}
     for (src, dst), port in zip(pairs, ports, strict=False):
-        links.append({"from": src, "to": dst, "listen_port": port, "target": addresses[dst],
-                      "delay": one_way_delay(src, dst)})
+        links.append(
+            {
+                "from": src,
+                "to": dst,
+                "listen_port": port,
+                "target": addresses[dst],
+                "delay": one_way_delay(src, dst),
+            }
+        )
         routes[(src, dst)] = f"127.0.0.1:{port}"
     spec = base / "wan.json"
     spec.write_text(json.dumps({"links": links, "control_port": control_port}))
     log = (base / "proxy.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "federation.link_proxy", "--spec", str(spec)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
     log.close()
@@ -207,20 +241,22 @@ def status(base: Path) -> list[dict[str, Any]]:
         node = fed.node_process(state, region)
         info = state["nodes"][region]
         st = node.status(timeout=1.0) if pid_alive(info["pid"]) else None
-        rows.append({
-            "region": region,
-            "address": info["address"],
-            "pid": info["pid"] if pid_alive(info["pid"]) else None,
-            "healthy": st is not None,
-            "tickets": st.tickets if st else None,
-            "digest": st.digest if st else None,
-            "version_vector": dict(st.version_vector) if st else {},
-            "metrics": f"http://127.0.0.1:{info['metrics']}/metrics",
-            "peers": {
-                p: {"connected": ps.connected, "backlog": ps.backlog}
-                for p, ps in (st.peers.items() if st else [])
-            },
-        })
+        rows.append(
+            {
+                "region": region,
+                "address": info["address"],
+                "pid": info["pid"] if pid_alive(info["pid"]) else None,
+                "healthy": st is not None,
+                "tickets": st.tickets if st else None,
+                "digest": st.digest if st else None,
+                "version_vector": dict(st.version_vector) if st else {},
+                "metrics": f"http://127.0.0.1:{info['metrics']}/metrics",
+                "peers": {
+                    p: {"connected": ps.connected, "backlog": ps.backlog}
+                    for p, ps in (st.peers.items() if st else [])
+                },
+            }
+        )
     return rows
 
 
@@ -283,8 +319,10 @@ def add_parser(sub: Any) -> None:
     p = lsub.add_parser("status", parents=[dir_arg], help="every node's health and digest")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_status)
-    for verb, help_text in (("kill", "SIGKILL one region's node"),
-                            ("start", "start one region's node again")):
+    for verb, help_text in (
+        ("kill", "SIGKILL one region's node"),
+        ("start", "start one region's node again"),
+    ):
         p = lsub.add_parser(verb, parents=[dir_arg], help=help_text)
         p.add_argument("region")
         p.set_defaults(func=_cmd_kill if verb == "kill" else _cmd_start)
@@ -313,10 +351,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 0
     print_table(
         ["region", "address", "pid", "healthy", "tickets", "digest", "applied"],
-        [[r["region"], r["address"], r["pid"] or "-", "yes" if r["healthy"] else "NO",
-          r["tickets"] if r["tickets"] is not None else "-", (r["digest"] or "-")[:12],
-          " ".join(f"{o}:{s}" for o, s in sorted(r["version_vector"].items()))]
-         for r in rows],
+        [
+            [
+                r["region"],
+                r["address"],
+                r["pid"] or "-",
+                "yes" if r["healthy"] else "NO",
+                r["tickets"] if r["tickets"] is not None else "-",
+                (r["digest"] or "-")[:12],
+                " ".join(f"{o}:{s}" for o, s in sorted(r["version_vector"].items())),
+            ]
+            for r in rows
+        ],
     )
     return 0
 

@@ -75,17 +75,31 @@ class NodeProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "ops.cli", "node", "--region", self.region,
-            "--listen", self.address, "--data-dir", str(self.data_dir),
-            "--config", str(self.config_path), *self.extra_args,
+            sys.executable,
+            "-m",
+            "ops.cli",
+            "node",
+            "--region",
+            self.region,
+            "--listen",
+            self.address,
+            "--data-dir",
+            str(self.data_dir),
+            "--config",
+            str(self.config_path),
+            *self.extra_args,
         ]
 
     def start(self, wait: bool = True, detach: bool = False) -> NodeProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.command(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                self.command(),
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 start_new_session=detach,
             )
         self.pid = self.proc.pid

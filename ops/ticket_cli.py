@@ -10,17 +10,19 @@ from google.protobuf.json_format import MessageToDict
 
 from node.convert import (
     KIND_FROM_PB,
+    KIND_TO_PB,
     STATE_FROM_PB,
     STATE_TO_PB,
     TIER_FROM_PB,
+    TIER_TO_PB,
     ts_to_iso,
 )
 from node.tickets import Kind, State, Tier
 from ops.client import Client, print_table
 from sundesk.v1 import desk_pb2 as pb
 
-KIND_BY_NAME = {k.value: v for v, k in KIND_FROM_PB.items()}
-TIER_BY_NAME = {k.value: v for v, k in TIER_FROM_PB.items()}
+KIND_BY_NAME = {k.value: v for k, v in KIND_TO_PB.items()}
+TIER_BY_NAME = {k.value: v for k, v in TIER_TO_PB.items()}
 STATE_BY_NAME = {k.value: v for k, v in STATE_TO_PB.items()}
 
 # verb -> target state of the lifecycle (assign is special: it names the assignee).
@@ -59,13 +61,25 @@ def ticket_json(t: pb.Ticket) -> dict[str, Any]:
         "reopen_count": t.reopen_count,
         "digest": t.digest,
         "comments": [
-            {"id": c.id, "author": c.author, "text": c.text, "at": ts_to_iso(c.at),
-             "region": c.region, "internal": c.internal}
+            {
+                "id": c.id,
+                "author": c.author,
+                "text": c.text,
+                "at": ts_to_iso(c.at),
+                "region": c.region,
+                "internal": c.internal,
+            }
             for c in t.comments
         ],
         "history": [
-            {"from": STATE_FROM_PB[h.from_state].value, "to": STATE_FROM_PB[h.to_state].value,
-             "by": h.by, "at": ts_to_iso(h.at), "region": h.region, "note": h.note}
+            {
+                "from": STATE_FROM_PB[h.from_state].value,
+                "to": STATE_FROM_PB[h.to_state].value,
+                "by": h.by,
+                "at": ts_to_iso(h.at),
+                "region": h.region,
+                "note": h.note,
+            }
             for h in t.history
         ],
         "replication": MessageToDict(t.replication, preserving_proto_field_name=True),
@@ -76,7 +90,8 @@ def _show(t: pb.Ticket) -> str:
     d = ticket_json(t)
     lines = [
         f"{d['code']}  {d['title']}",
-        f"  state {d['state']}  priority P{d['priority']}  kind {d['kind']}  version {d['version']}",
+        f"  state {d['state']}  priority P{d['priority']}  kind {d['kind']}"
+        f"  version {d['version']}",
         f"  customer {d['customer'] or '-'}  asset {d['asset'] or '-'}  tier {d['tier'] or '-'}",
         f"  queue {d['queue']}  home {d['home_region']}  assignee {d['assignee'] or '-'}"
         f"  escalation L{d['escalation_level']}",
@@ -119,7 +134,7 @@ def cmd_create(args: argparse.Namespace) -> int:
                 priority=args.priority,
                 customer=args.customer,
                 asset=args.asset,
-                tier=TIER_BY_NAME[args.tier] if args.tier else 0,
+                tier=TIER_BY_NAME[args.tier] if args.tier else pb.CONTRACT_TIER_UNSPECIFIED,
                 home_region=args.home_region,
                 queue=args.queue,
                 created_by=args.by,
@@ -143,7 +158,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         states=[STATE_BY_NAME[s] for s in args.state or []],
         queue=args.queue,
         customer=args.customer,
-        kind=KIND_BY_NAME[args.kind] if args.kind else 0,
+        kind=KIND_BY_NAME[args.kind] if args.kind else pb.TICKET_KIND_UNSPECIFIED,
         page_size=args.page_size,
         page_token=args.page_token,
     )
@@ -164,8 +179,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(out, ensure_ascii=False, indent=2))
         return 0
     rows = [
-        [t.code, STATE_FROM_PB[t.state].value, f"P{t.priority}", KIND_FROM_PB[t.kind].value,
-         t.queue, t.customer, t.assignee, t.title[:50]]
+        [
+            t.code,
+            STATE_FROM_PB[t.state].value,
+            f"P{t.priority}",
+            KIND_FROM_PB[t.kind].value,
+            t.queue,
+            t.customer,
+            t.assignee,
+            t.title[:50],
+        ]
         for t in tickets
     ]
     print_table(["code", "state", "prio", "kind", "queue", "customer", "assignee", "title"], rows)
@@ -190,7 +213,10 @@ def _update(args: argparse.Namespace, **fields: Any) -> int:
     with Client(args.node) as c:
         t = c.desk.UpdateTicket(
             pb.UpdateTicketRequest(
-                code=args.code, actor=args.by, expected_version=args.version, note=args.note,
+                code=args.code,
+                actor=args.by,
+                expected_version=args.version,
+                note=args.note,
                 **fields,
             ),
             timeout=args.timeout,

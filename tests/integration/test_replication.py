@@ -12,7 +12,7 @@ import pytest
 
 from sundesk.v1 import desk_pb2 as pb
 from sundesk.v1 import desk_pb2_grpc
-from tests.support.nodes import Federation, wait_for
+from tests.support.nodes import Federation, kill_during_burst, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -56,12 +56,13 @@ def test_concurrent_writes_on_all_five_converge(fed: Federation) -> None:
     async def burst() -> dict[str, tuple[int, int]]:
         conns = stubs(fed)
         try:
-            async def create(region: str, i: int) -> pb.Ticket:
-                return await conns[region][1].CreateTicket(pb.CreateTicketRequest(
-                    title=f"{region} {i}", customer="converge"))
 
-            created = await asyncio.gather(
-                *(create(r, i) for r in conns for i in range(20)))
+            async def create(region: str, i: int) -> pb.Ticket:
+                return await conns[region][1].CreateTicket(
+                    pb.CreateTicketRequest(title=f"{region} {i}", customer="converge")
+                )
+
+            created = await asyncio.gather(*(create(r, i) for r in conns for i in range(20)))
             rnd = random.Random(1)
             regions = list(conns)
 
@@ -71,16 +72,16 @@ def test_concurrent_writes_on_all_five_converge(fed: Federation) -> None:
                 stub = conns[rnd.choice(regions)][1]
                 for _ in range(200):
                     try:
-                        return await stub.AddComment(pb.AddCommentRequest(
-                            code=t.code, author="x", text=f"c{k}"))
+                        return await stub.AddComment(
+                            pb.AddCommentRequest(code=t.code, author="x", text=f"c{k}")
+                        )
                     except grpc.aio.AioRpcError as e:
                         if e.code() != grpc.StatusCode.NOT_FOUND:
                             raise
                         await asyncio.sleep(0.02)
                 raise AssertionError(f"{t.code} never replicated")
 
-            commented = await asyncio.gather(
-                *(comment(t, k) for k, t in enumerate(created)))
+            commented = await asyncio.gather(*(comment(t, k) for k, t in enumerate(created)))
             return {t.code: (1, len(t.comments)) for t in commented}
         finally:
             for ch, _ in conns.values():
@@ -104,14 +105,18 @@ def test_same_field_same_moment_has_one_winner_and_both_comments(fed: Federation
         conns = stubs(fed)
         try:
             await asyncio.gather(
-                conns["uk"][1].UpdateTicket(pb.UpdateTicketRequest(
-                    code=code, actor="uk-agent", priority=1)),
-                conns["japan"][1].UpdateTicket(pb.UpdateTicketRequest(
-                    code=code, actor="jp-agent", priority=4)),
-                conns["uk"][1].AddComment(pb.AddCommentRequest(
-                    code=code, author="uk-agent", text="from the UK")),
-                conns["japan"][1].AddComment(pb.AddCommentRequest(
-                    code=code, author="jp-agent", text="from Japan")),
+                conns["uk"][1].UpdateTicket(
+                    pb.UpdateTicketRequest(code=code, actor="uk-agent", priority=1)
+                ),
+                conns["japan"][1].UpdateTicket(
+                    pb.UpdateTicketRequest(code=code, actor="jp-agent", priority=4)
+                ),
+                conns["uk"][1].AddComment(
+                    pb.AddCommentRequest(code=code, author="uk-agent", text="from the UK")
+                ),
+                conns["japan"][1].AddComment(
+                    pb.AddCommentRequest(code=code, author="jp-agent", text="from Japan")
+                ),
             )
         finally:
             for ch, _ in conns.values():
@@ -135,35 +140,17 @@ def _everywhere(fed: Federation, code: str) -> bool:
 
 
 def test_sigkill_mid_burst_loses_no_acknowledged_write(fed: Federation) -> None:
-    acked: list[str] = []
     victim = fed.node("germany")
-
-    async def burst() -> None:
-        async with grpc.aio.insecure_channel(victim.address) as ch:
-            stub = desk_pb2_grpc.DeskStub(ch)
-
-            async def one(i: int) -> None:
-                try:
-                    t = await stub.CreateTicket(pb.CreateTicketRequest(
-                        title=f"crash {i}", customer="crash"))
-                    acked.append(t.code)
-                except grpc.aio.AioRpcError:
-                    pass
-
-            tasks = [asyncio.create_task(one(i)) for i in range(300)]
-            while len(acked) < 40:
-                await asyncio.sleep(0.002)
-            victim.kill()
-            await asyncio.gather(*tasks)
-
-    asyncio.run(burst())
+    acked = kill_during_burst(victim, total=300, kill_after=40, customer="crash")
     victim.start()
     fed.wait_same_digest(timeout=30)
     for r, n in fed.nodes.items():
         with n.client() as c:
             codes = {
-                t.code for t in c.desk.ListTickets(pb.ListTicketsRequest(
-                    customer="crash", page_size=500)).tickets
+                t.code
+                for t in c.desk.ListTickets(
+                    pb.ListTicketsRequest(customer="crash", page_size=500)
+                ).tickets
             }
         missing = set(acked) - codes
         assert not missing, f"{r} lacks acknowledged {sorted(missing)[:5]}"
@@ -176,8 +163,11 @@ def test_partitioned_region_converges_after_heal(fed: Federation) -> None:
     for region in ("us", "velizy", "japan"):
         with fed.node(region).client() as c:
             for i in range(5):
-                written.append(c.desk.CreateTicket(pb.CreateTicketRequest(
-                    title=f"split {region} {i}", customer="split")).code)
+                written.append(
+                    c.desk.CreateTicket(
+                        pb.CreateTicketRequest(title=f"split {region} {i}", customer="split")
+                    ).code
+                )
     us_codes = [c for c in written if c.startswith("USA-")]
     with fed.node("velizy").client() as c:
         for code in us_codes:
@@ -202,8 +192,9 @@ def test_changes_reach_japan_through_others_when_the_direct_link_is_cut(
     fed: Federation,
 ) -> None:
     fed.cut("velizy", "japan")
-    wait_for("Japan to see Vélizy unreachable",
-             lambda: _peer_down(fed, "japan", "velizy"), timeout=20)
+    wait_for(
+        "Japan to see Vélizy unreachable", lambda: _peer_down(fed, "japan", "velizy"), timeout=20
+    )
     with fed.node("velizy").client() as c:
         code = c.desk.CreateTicket(pb.CreateTicketRequest(title="via relays")).code
     with fed.node("japan").client() as c:

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from sundesk.v1 import desk_pb2 as pb
 from sundesk.v1 import desk_pb2_grpc
-from tests.support.nodes import ROOT, Federation, NodeProcess, free_ports
+from tests.support.nodes import ROOT, Federation, NodeProcess, free_ports, kill_during_burst
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,10 @@ def node(fed: Federation) -> NodeProcess:
 def cli(node: NodeProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ops.cli", *args, "--node", node.address],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -52,12 +55,31 @@ def cli_json(node: NodeProcess, *args: str) -> dict:
 
 
 def test_lifecycle_through_the_cli(node: NodeProcess) -> None:
-    t = cli_json(node, "ticket", "create", "--title", "Disk array degraded", "--priority", "2",
-                 "--customer", "acme", "--kind", "incident", "--by", "ana")
+    t = cli_json(
+        node,
+        "ticket",
+        "create",
+        "--title",
+        "Disk array degraded",
+        "--priority",
+        "2",
+        "--customer",
+        "acme",
+        "--kind",
+        "incident",
+        "--by",
+        "ana",
+    )
     code = t["code"]
     assert code.startswith("VEL-") and len(code) == 10
     assert (t["state"], t["priority"], t["kind"], t["customer"], t["queue"], t["version"]) == (
-        "new", 2, "incident", "acme", "velizy", 1)
+        "new",
+        2,
+        "incident",
+        "acme",
+        "velizy",
+        1,
+    )
     t = cli_json(node, "ticket", "assign", code, "--to", "bob", "--by", "lead")
     assert (t["state"], t["assignee"]) == ("assigned", "bob")
     t = cli_json(node, "ticket", "start", code, "--by", "bob", "--version", str(t["version"]))
@@ -71,11 +93,23 @@ def test_lifecycle_through_the_cli(node: NodeProcess) -> None:
     assert shown["state"] == "closed" and shown["cause"] == "hardware"
     assert shown["version"] == 8
     assert shown["comments"] == [
-        {"id": shown["comments"][0]["id"], "author": "bob", "text": "Replacing disk 3",
-         "at": shown["comments"][0]["at"], "region": "velizy", "internal": False}
+        {
+            "id": shown["comments"][0]["id"],
+            "author": "bob",
+            "text": "Replacing disk 3",
+            "at": shown["comments"][0]["at"],
+            "region": "velizy",
+            "internal": False,
+        }
     ]
     assert [h["to"] for h in shown["history"]] == [
-        "assigned", "in_progress", "pending_customer", "in_progress", "resolved", "closed"]
+        "assigned",
+        "in_progress",
+        "pending_customer",
+        "in_progress",
+        "resolved",
+        "closed",
+    ]
     listed = cli_json(node, "ticket", "list", "--state", "closed", "--customer", "acme")
     assert code in [x["code"] for x in listed["tickets"]]
     human = cli(node, "ticket", "show", code)
@@ -92,7 +126,8 @@ def test_paging_visits_every_ticket_once(node: NodeProcess) -> None:
         token = ""
         while True:
             resp = c.desk.ListTickets(
-                pb.ListTicketsRequest(customer="pager", page_size=5, page_token=token))
+                pb.ListTicketsRequest(customer="pager", page_size=5, page_token=token)
+            )
             assert resp.total == 23
             seen.extend(t.code for t in resp.tickets)
             token = resp.next_page_token
@@ -105,10 +140,14 @@ def test_acknowledged_changes_survive_sigkill(node: NodeProcess) -> None:
     async def burst() -> dict[str, tuple[int, int]]:
         async with grpc.aio.insecure_channel(node.address) as ch:
             stub = desk_pb2_grpc.DeskStub(ch)
-            created = await asyncio.gather(*(
-                stub.CreateTicket(pb.CreateTicketRequest(title=f"burst {i}", customer="durable"))
-                for i in range(200)
-            ))
+            created = await asyncio.gather(
+                *(
+                    stub.CreateTicket(
+                        pb.CreateTicketRequest(title=f"burst {i}", customer="durable")
+                    )
+                    for i in range(200)
+                )
+            )
             acked: dict[str, tuple[int, int]] = {}
             updates = [
                 stub.UpdateTicket(pb.UpdateTicketRequest(code=t.code, actor="a", priority=1))
@@ -135,37 +174,18 @@ def test_acknowledged_changes_survive_sigkill(node: NodeProcess) -> None:
 
 def test_writes_in_flight_at_sigkill_are_all_or_nothing(node: NodeProcess) -> None:
     """Kill during a write burst: every acknowledged write is there, nothing half-written."""
-    acked: list[str] = []
-
-    async def burst() -> None:
-        async with grpc.aio.insecure_channel(node.address) as ch:
-            stub = desk_pb2_grpc.DeskStub(ch)
-
-            async def one(i: int) -> None:
-                try:
-                    t = await stub.CreateTicket(
-                        pb.CreateTicketRequest(title=f"kill {i}", customer="midkill"))
-                    acked.append(t.code)
-                except grpc.aio.AioRpcError:
-                    pass
-
-            tasks = [asyncio.create_task(one(i)) for i in range(400)]
-            while len(acked) < 50:
-                await asyncio.sleep(0.005)
-            node.kill()
-            await asyncio.gather(*tasks)
-
-    asyncio.run(burst())
+    acked = kill_during_burst(node, total=400, kill_after=50, customer="midkill")
     node.start()
     with node.client() as c:
         present = {
             t.code: t
             for t in c.desk.ListTickets(
-                pb.ListTicketsRequest(customer="midkill", page_size=500)).tickets
+                pb.ListTicketsRequest(customer="midkill", page_size=500)
+            ).tickets
         }
     assert set(acked) <= set(present)
     for t in present.values():
-        assert t.title.startswith("kill ") and t.version == 1 and t.state == pb.TICKET_STATE_NEW
+        assert t.title.startswith("midkill ") and t.version == 1 and t.state == pb.TICKET_STATE_NEW
 
 
 def test_watch_streams_changes(node: NodeProcess) -> None:
@@ -191,7 +211,10 @@ def test_watch_streams_changes(node: NodeProcess) -> None:
 
     events = asyncio.run(run())
     assert [e.type for e in events] == [
-        pb.TicketEvent.TYPE_CREATED, pb.TicketEvent.TYPE_COMMENTED, pb.TicketEvent.TYPE_UPDATED]
+        pb.TicketEvent.TYPE_CREATED,
+        pb.TicketEvent.TYPE_COMMENTED,
+        pb.TicketEvent.TYPE_UPDATED,
+    ]
     assert events[2].ticket.priority == 1 and events[0].region == "velizy"
     assert len({e.ticket.code for e in events}) == 1
 
@@ -201,8 +224,11 @@ def test_health_and_reflection(node: NodeProcess) -> None:
         resp = c.health.Check(health_pb2.HealthCheckRequest(service="sundesk.v1.Desk"))
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(c.channel)
-        answers = list(stub.ServerReflectionInfo(iter(
-            [reflection_pb2.ServerReflectionRequest(list_services="")])))
+        answers = list(
+            stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+        )
         names = {s.name for s in answers[0].list_services_response.service}
         assert {"sundesk.v1.Desk", "sundesk.v1.Federation", "grpc.health.v1.Health"} <= names
 
@@ -227,38 +253,96 @@ def victim(node: NodeProcess) -> pb.Ticket:
 @pytest.mark.parametrize(
     ("make", "status", "message"),
     [
-        (lambda v: lambda d: d.CreateTicket(pb.CreateTicketRequest(title="")),
-         grpc.StatusCode.INVALID_ARGUMENT, "title is empty"),
-        (lambda v: lambda d: d.CreateTicket(pb.CreateTicketRequest(title="x" * 10_000_000)),
-         grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
-        (lambda v: lambda d: d.CreateTicket(pb.CreateTicketRequest(title="x" * 300)),
-         grpc.StatusCode.INVALID_ARGUMENT, "at most 200"),
-        (lambda v: lambda d: d.GetTicket(pb.GetTicketRequest(code="VEL-999999")),
-         grpc.StatusCode.NOT_FOUND, "no ticket VEL-999999"),
-        (lambda v: lambda d: d.UpdateTicket(pb.UpdateTicketRequest(
-            code=v.code, actor="a", state=pb.TICKET_STATE_CLOSED)),
-         grpc.StatusCode.FAILED_PRECONDITION, "cannot go from new to closed"),
-        (lambda v: lambda d: d.UpdateTicket(pb.UpdateTicketRequest(
-            code=v.code, actor="a", priority=1, expected_version=v.version + 5)),
-         grpc.StatusCode.ABORTED, "read it again and retry"),
-        (lambda v: lambda d: d.CreateTicket(pb.CreateTicketRequest(title="t", kind=42)),  # type: ignore[arg-type]
-         grpc.StatusCode.INVALID_ARGUMENT, "kind 42 is not a ticket kind"),
-        (lambda v: lambda d: d.UpdateTicket(pb.UpdateTicketRequest(
-            code=v.code, actor="a", state=17)),  # type: ignore[arg-type]
-         grpc.StatusCode.INVALID_ARGUMENT, "state 17 is not a ticket state"),
-        (lambda v: lambda d: d.CreateTicket(pb.CreateTicketRequest(title="t", priority=9)),
-         grpc.StatusCode.INVALID_ARGUMENT, "priority 9 is out of range"),
-        (lambda v: lambda d: d.ListTickets(pb.ListTicketsRequest(page_token="garbage!")),
-         grpc.StatusCode.INVALID_ARGUMENT, "page token"),
-        (lambda v: lambda d: d.AddComment(pb.AddCommentRequest(code=v.code, author="a")),
-         grpc.StatusCode.INVALID_ARGUMENT, "comment text is empty"),
+        (
+            lambda v: lambda d: d.CreateTicket(pb.CreateTicketRequest(title="")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "title is empty",
+        ),
+        (
+            lambda v: lambda d: d.CreateTicket(pb.CreateTicketRequest(title="x" * 10_000_000)),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "larger than max",
+        ),
+        (
+            lambda v: lambda d: d.CreateTicket(pb.CreateTicketRequest(title="x" * 300)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "at most 200",
+        ),
+        (
+            lambda v: lambda d: d.GetTicket(pb.GetTicketRequest(code="VEL-999999")),
+            grpc.StatusCode.NOT_FOUND,
+            "no ticket VEL-999999",
+        ),
+        (
+            lambda v: (
+                lambda d: d.UpdateTicket(
+                    pb.UpdateTicketRequest(code=v.code, actor="a", state=pb.TICKET_STATE_CLOSED)
+                )
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "cannot go from new to closed",
+        ),
+        (
+            lambda v: (
+                lambda d: d.UpdateTicket(
+                    pb.UpdateTicketRequest(
+                        code=v.code, actor="a", priority=1, expected_version=v.version + 5
+                    )
+                )
+            ),
+            grpc.StatusCode.ABORTED,
+            "read it again and retry",
+        ),
+        (
+            lambda v: lambda d: d.CreateTicket(pb.CreateTicketRequest(title="t", kind=42)),  # type: ignore[arg-type]
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "kind 42 is not a ticket kind",
+        ),
+        (
+            lambda v: (
+                lambda d: d.UpdateTicket(
+                    pb.UpdateTicketRequest(code=v.code, actor="a", state=17)  # type: ignore[arg-type]
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "state 17 is not a ticket state",
+        ),
+        (
+            lambda v: lambda d: d.CreateTicket(pb.CreateTicketRequest(title="t", priority=9)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "priority 9 is out of range",
+        ),
+        (
+            lambda v: lambda d: d.ListTickets(pb.ListTicketsRequest(page_token="garbage!")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page token",
+        ),
+        (
+            lambda v: lambda d: d.AddComment(pb.AddCommentRequest(code=v.code, author="a")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "comment text is empty",
+        ),
     ],
-    ids=["empty-title", "10MB-title", "long-title", "unknown-code", "illegal-transition",
-         "stale-version", "unknown-kind", "unknown-state", "bad-priority", "bad-page-token",
-         "empty-comment"],
+    ids=[
+        "empty-title",
+        "10MB-title",
+        "long-title",
+        "unknown-code",
+        "illegal-transition",
+        "stale-version",
+        "unknown-kind",
+        "unknown-state",
+        "bad-priority",
+        "bad-page-token",
+        "empty-comment",
+    ],
 )
 def test_bad_input_gets_its_status_and_writes_nothing(
-    node: NodeProcess, victim: pb.Ticket, make, status, message  # type: ignore[no-untyped-def]
+    node: NodeProcess,
+    victim: pb.Ticket,
+    make,
+    status,
+    message,  # type: ignore[no-untyped-def]
 ) -> None:
     with node.client() as c:
         before = c.desk.ListTickets(pb.ListTicketsRequest(page_size=1)).total
@@ -284,9 +368,21 @@ def test_cli_prints_errors_in_one_line(node: NodeProcess) -> None:
 def test_cli_says_when_no_node_answers() -> None:
     port = free_ports(1)[0]
     done = subprocess.run(
-        [sys.executable, "-m", "ops.cli", "ticket", "list", "--node", f"127.0.0.1:{port}",
-         "--timeout", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "ops.cli",
+            "ticket",
+            "list",
+            "--node",
+            f"127.0.0.1:{port}",
+            "--timeout",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 1
     assert "UNAVAILABLE" in done.stderr and done.stderr.strip().count("\n") == 0
@@ -294,9 +390,21 @@ def test_cli_says_when_no_node_answers() -> None:
 
 def _run_node(tmp_path: Path, fed: Federation, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ops.cli", "node", "--region", "velizy", "--config",
-         str(fed.config_path), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "ops.cli",
+            "node",
+            "--region",
+            "velizy",
+            "--config",
+            str(fed.config_path),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -329,8 +437,9 @@ def test_data_dir_with_a_corrupt_database(fed: Federation, tmp_path: Path) -> No
 
 def test_sigterm_stops_gracefully(fed: Federation, tmp_path: Path) -> None:
     port = free_ports(1)[0]
-    n = NodeProcess("velizy", f"127.0.0.1:{port}", tmp_path / "g", fed.config_path,
-                    tmp_path / "g.log")
+    n = NodeProcess(
+        "velizy", f"127.0.0.1:{port}", tmp_path / "g", fed.config_path, tmp_path / "g.log"
+    )
     n.start()
     assert n.terminate() == 0
     assert "stopping" in n.log()

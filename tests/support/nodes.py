@@ -163,3 +163,42 @@ class Federation:
 
     def dump(self) -> str:
         return json.dumps({r: n.log()[-1500:] for r, n in self.nodes.items()}, indent=1)
+
+
+def kill_during_burst(node: NodeProcess, total: int, kill_after: int, customer: str) -> list[str]:
+    """Send ``total`` concurrent creates; SIGKILL the node once ``kill_after`` are acknowledged.
+
+    Returns the codes the node acknowledged before it died.
+    """
+    import asyncio
+
+    import grpc
+
+    from sundesk.v1 import desk_pb2 as pb
+    from sundesk.v1 import desk_pb2_grpc
+
+    acked: list[str] = []
+
+    async def burst() -> None:
+        enough = asyncio.Event()
+        async with grpc.aio.insecure_channel(node.address) as ch:
+            stub = desk_pb2_grpc.DeskStub(ch)
+
+            async def one(i: int) -> None:
+                try:
+                    t = await stub.CreateTicket(
+                        pb.CreateTicketRequest(title=f"{customer} {i}", customer=customer)
+                    )
+                except grpc.aio.AioRpcError:
+                    return
+                acked.append(t.code)
+                if len(acked) >= kill_after:
+                    enough.set()
+
+            tasks = [asyncio.create_task(one(i)) for i in range(total)]
+            await asyncio.wait_for(enough.wait(), 60)
+            node.kill()
+            await asyncio.gather(*tasks)
+
+    asyncio.run(burst())
+    return acked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,8 +15,14 @@ REGIONS = ["velizy", "germany", "uk", "us", "japan"]
 
 
 def create(origin: str = "velizy", seq: int = 1, hlc: int = 100) -> Operation:
-    return Operation(origin, seq, hlc, "VEL-000001", TICKET_CREATE,
-                     {"created": True, "title": "t", "state": "new", "priority": 3})
+    return Operation(
+        origin,
+        seq,
+        hlc,
+        "VEL-000001",
+        TICKET_CREATE,
+        {"created": True, "title": "t", "state": "new", "priority": 3},
+    )
 
 
 @st.composite
@@ -29,9 +36,11 @@ def histories(draw: st.DrawFn) -> list[Operation]:
         seqs[origin] += 1
         hlc = draw(st.integers(1, 50)) << 16
         code = draw(st.sampled_from(["VEL-000001", "JPN-000001"]))
+        fields: dict[str, Any]
         if draw(st.booleans()):
-            fields = {draw(st.sampled_from(["priority", "assignee", "state"])): draw(
-                st.integers(1, 4))}
+            fields = {
+                draw(st.sampled_from(["priority", "assignee", "state"])): draw(st.integers(1, 4))
+            }
             kind = TICKET_UPDATE
             if draw(st.booleans()):
                 fields["transition"] = {"from": "new", "to": "assigned", "by": origin}
@@ -87,14 +96,14 @@ def test_duplicates_do_nothing() -> None:
 
 def test_first_response_keeps_the_earliest() -> None:
     t = merged(None, create())
-    late = Operation("uk", 1, 900, "VEL-000001", TICKET_UPDATE,
-                     {"first_response_at": "2026-01-01T10:00:00.000Z"})
-    early = Operation("us", 1, 800, "VEL-000001", TICKET_UPDATE,
-                      {"first_response_at": "2026-01-01T09:00:00.000Z"})
-    assert merged(merged(t, late), early).values["first_response_at"].startswith(
-        "2026-01-01T09")
-    assert merged(merged(t, early), late).values["first_response_at"].startswith(
-        "2026-01-01T09")
+    late = Operation(
+        "uk", 1, 900, "VEL-000001", TICKET_UPDATE, {"first_response_at": "2026-01-01T10:00:00.000Z"}
+    )
+    early = Operation(
+        "us", 1, 800, "VEL-000001", TICKET_UPDATE, {"first_response_at": "2026-01-01T09:00:00.000Z"}
+    )
+    assert merged(merged(t, late), early).values["first_response_at"].startswith("2026-01-01T09")
+    assert merged(merged(t, early), late).values["first_response_at"].startswith("2026-01-01T09")
 
 
 def test_update_before_create_converges() -> None:

@@ -42,9 +42,7 @@ def ticket_in(state: State, assignee: str = "ana") -> TicketView:
     return TicketView.from_replicated(t)
 
 
-@pytest.mark.parametrize(
-    ("src", "dst", "role"), list(itertools.product(State, State, Role))
-)
+@pytest.mark.parametrize(("src", "dst", "role"), list(itertools.product(State, State, Role)))
 def test_every_pair_of_states_for_every_role(src: State, dst: State, role: Role) -> None:
     ticket = ticket_in(src)
     change = TicketChange(actor="someone", role=role, state=dst, cause="disk")
@@ -117,8 +115,9 @@ def test_stale_version_is_refused() -> None:
     ticket = ticket_in(State.NEW)
     with pytest.raises(StaleVersion, match="version 2, not 1"):
         rules.update_fields(ticket, TicketChange("ana", expected_version=1, priority=1), "v", NOW)
-    assert rules.update_fields(ticket, TicketChange("ana", expected_version=2, priority=1), "v",
-                               NOW) == {"priority": 1}
+    assert rules.update_fields(
+        ticket, TicketChange("ana", expected_version=2, priority=1), "v", NOW
+    ) == {"priority": 1}
 
 
 @pytest.mark.parametrize(
@@ -155,8 +154,9 @@ def test_customer_limits() -> None:
 
 def test_rating_only_once_resolved() -> None:
     with pytest.raises(FailedPrecondition, match="once it is resolved"):
-        rules.update_fields(ticket_in(State.IN_PROGRESS), TicketChange("c", satisfaction=4), "v",
-                            NOW)
+        rules.update_fields(
+            ticket_in(State.IN_PROGRESS), TicketChange("c", satisfaction=4), "v", NOW
+        )
     with pytest.raises(InvalidArgument, match="rate from 1 to 5"):
         rules.update_fields(ticket_in(State.RESOLVED), TicketChange("c", satisfaction=6), "v", NOW)
     assert rules.update_fields(

@@ -46,7 +46,9 @@ def test_concurrent_writes_share_commits_and_all_land(tmp_path: Path) -> None:
             tmp_path, "velizy", "VEL", FakeClock(), on_commit=lambda n, s: batches.append(n)
         )
         try:
-            results = await asyncio.gather(*(store.write(None, create(f"t{i}")) for i in range(300)))
+            results = await asyncio.gather(
+                *(store.write(None, create(f"t{i}")) for i in range(300))
+            )
             return [view for view, _ in results]
         finally:
             await store.close()
@@ -95,10 +97,22 @@ def test_request_id_makes_create_idempotent(tmp_path: Path) -> None:
 
 def test_remote_ops_apply_once_and_in_order(tmp_path: Path) -> None:
     ops = [
-        Operation("japan", 1, 10 << 16, "JPN-000001", TICKET_CREATE,
-                  {"created": True, "title": "remote", "state": "new", "queue": "japan"}),
-        Operation("japan", 2, 11 << 16, "JPN-000001", TICKET_COMMENT,
-                  {"comment": {"author": "k", "text": "hi"}}),
+        Operation(
+            "japan",
+            1,
+            10 << 16,
+            "JPN-000001",
+            TICKET_CREATE,
+            {"created": True, "title": "remote", "state": "new", "queue": "japan"},
+        ),
+        Operation(
+            "japan",
+            2,
+            11 << 16,
+            "JPN-000001",
+            TICKET_COMMENT,
+            {"comment": {"author": "k", "text": "hi"}},
+        ),
         Operation("japan", 4, 13 << 16, "JPN-000001", TICKET_UPDATE, {"priority": 1}),  # gap
     ]
 
@@ -136,7 +150,7 @@ def test_state_survives_reopen_and_codes_continue(tmp_path: Path) -> None:
             assert (t.state, t.version, t.assignee) == (State.IN_PROGRESS, 2, "ana")
             nxt, _ = await store.write(None, create("next"))
             assert nxt.code == "VEL-000002"
-            page = store.list(TicketFilter(states=(State.IN_PROGRESS,)), 10, "")
+            page = store.list_tickets(TicketFilter(states=(State.IN_PROGRESS,)), 10, "")
             assert [p.code for p in page.tickets] == [code]
         finally:
             await store.close()
@@ -168,7 +182,8 @@ def test_customer_role_passes_through(tmp_path: Path) -> None:
             def comment(current: TicketView | None, now: datetime) -> tuple[str, dict[str, Any]]:
                 assert current is not None
                 return TICKET_COMMENT, rules.comment_fields(
-                    current, "cust", "hello", Role.CUSTOMER, False, "velizy", now)
+                    current, "cust", "hello", Role.CUSTOMER, False, "velizy", now
+                )
 
             after, _ = await store.write(view.code, comment)
             assert after.comments[0].author == "cust" and not after.first_response_at

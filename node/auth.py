@@ -1,0 +1,498 @@
+"""Who may call what: caller tokens, the access policy, and the interceptor that applies them.
+
+Every connection is mutual TLS (``ops/certs.py``). On top of it:
+
+- People and machines present ``authorization: Bearer <token>``. A token is
+  ``base64url(JSON claims) "." base64url(HMAC-SHA256(secret, first part))``, issued by
+  ``sundesk tokens issue`` with the federation's ``tokens.key``. Tokens cannot be revoked
+  one by one: give them a TTL (the CLI's default is a shift), and replace ``tokens.key``
+  to revoke them all.
+- Roles: ``agent`` works tickets of any queue (its writes carry its subject), ``oncall``
+  reads and acknowledges handoffs, ``ops`` reads everything (ops status included) and
+  writes nothing, ``machine`` sends telemetry for its own asset only. ``node`` is
+  reserved for federation peers, which authenticate with their node certificate: no token
+  of role ``node`` is issued, and one presented is refused.
+- ``/sundesk.v1.Federation/*`` is never reachable with a token, only from a peer that
+  presented a node certificate. Health checking and reflection stay open.
+
+``authorize`` is a pure function of the claims, the method and the request, so the whole
+policy is a table test. ``AuthInterceptor`` turns failures into UNAUTHENTICATED (no
+token, malformed, bad signature, expired) or PERMISSION_DENIED (not allowed), never a
+traceback, and exposes the caller to handlers through ``current_claims``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextvars
+import hashlib
+import hmac
+import inspect
+import json
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from node.clock import Clock, SystemClock
+from node.errors import InvalidArgument, PermissionDenied, SundeskError, Unauthenticated
+from node.grpc_errors import status_of
+from node.limits import RateLimiter
+from ops.certs import region_of_peer
+
+AGENT, ONCALL, OPS, MACHINE, NODE = "agent", "oncall", "ops", "machine", "node"
+ISSUABLE_ROLES = frozenset({AGENT, ONCALL, OPS, MACHINE})
+ROLES = ISSUABLE_ROLES | {NODE}
+READERS = frozenset({AGENT, ONCALL, OPS})
+
+FEDERATION = "sundesk.v1.Federation"
+TELEMETRY = "sundesk.v1.Telemetry"
+DESK = "sundesk.v1.Desk"
+ACK_HANDOFF = "sundesk.v1.Sun/AckHandoff"
+log = logging.getLogger("sundesk.auth")
+
+OPEN_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+
+MIN_SECRET_BYTES = 32
+MAX_TOKEN_CHARS = 4096  # refuse to decode anything bigger: a token is a few hundred bytes
+TOKEN_VERSION = 1
+_B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
+_METHOD = re.compile(r"^/([A-Za-z_][\w.]*)/([A-Za-z_]\w*)$")
+
+current_claims: contextvars.ContextVar[Claims | None] = contextvars.ContextVar(
+    "sundesk_current_claims", default=None
+)
+current_peer_region: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "sundesk_current_peer_region", default=None
+)
+
+
+@dataclass(frozen=True)
+class Claims:
+    role: str
+    subject: str = ""
+    region: str | None = None  # the caller's home region: informational, not a restriction
+    asset: str | None = None  # machines: the one asset they speak for
+    issued_at: int = 0  # UNIX seconds
+    expires_at: int | None = None  # UNIX seconds; None never expires
+
+    @property
+    def caller(self) -> str:
+        """A stable name for this caller in logs and rate limits."""
+        who = self.subject or (self.asset if self.role == MACHINE else "") or "anonymous"
+        return f"{self.role}:{who}"
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"v": TOKEN_VERSION, "role": self.role, "iat": self.issued_at}
+        if self.subject:
+            doc["sub"] = self.subject
+        if self.region is not None:
+            doc["region"] = self.region
+        if self.asset is not None:
+            doc["asset"] = self.asset
+        if self.expires_at is not None:
+            doc["exp"] = self.expires_at
+        return doc
+
+
+# ----- tokens -----------------------------------------------------------------------------
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    if not _B64URL.match(text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(secret: bytes, body: str) -> bytes:
+    return hmac.new(secret, body.encode("ascii"), hashlib.sha256).digest()
+
+
+def _check_secret(secret: bytes) -> None:
+    if len(secret) < MIN_SECRET_BYTES:
+        raise InvalidArgument(
+            f"the token secret has {len(secret)} bytes; it needs at least {MIN_SECRET_BYTES}"
+        )
+
+
+def _epoch(now: datetime) -> int:
+    if now.tzinfo is None:
+        raise InvalidArgument("token times must be timezone-aware")
+    return int(now.timestamp())
+
+
+def issue_token(
+    secret: bytes,
+    role: str,
+    *,
+    region: str | None = None,
+    asset: str | None = None,
+    subject: str = "",
+    ttl_seconds: int | None = None,
+    now: datetime,
+) -> str:
+    _check_secret(secret)
+    if role == NODE:
+        raise InvalidArgument(
+            "role node is reserved for federation peers, which authenticate with their node "
+            "certificate; no token carries it"
+        )
+    if role not in ISSUABLE_ROLES:
+        raise InvalidArgument(
+            f"unknown role {role!r}; choose one of {', '.join(sorted(ISSUABLE_ROLES))}"
+        )
+    if role == MACHINE and not asset:
+        raise InvalidArgument("a machine token needs --asset: the asset it speaks for")
+    if role != MACHINE and asset:
+        raise InvalidArgument(f"--asset is for machine tokens only, not {role}")
+    if role in (AGENT, ONCALL) and not subject.strip():
+        raise InvalidArgument(f"a {role} token needs --subject: who the person is")
+    if ttl_seconds is not None and ttl_seconds <= 0:
+        raise InvalidArgument(f"--ttl {ttl_seconds} must be positive (omit it: no expiry)")
+    iat = _epoch(now)
+    claims = Claims(
+        role=role,
+        subject=subject.strip(),
+        region=region,
+        asset=asset,
+        issued_at=iat,
+        expires_at=None if ttl_seconds is None else iat + ttl_seconds,
+    )
+    body = _b64encode(json.dumps(claims.to_json(), sort_keys=True, separators=(",", ":")).encode())
+    return f"{body}.{_b64encode(_mac(secret, body))}"
+
+
+def verify_token(secret: bytes, token: str, now: datetime) -> Claims:
+    """The claims of a genuine, unexpired token; ``Unauthenticated`` says what is wrong."""
+    _check_secret(secret)
+    if len(token) > MAX_TOKEN_CHARS:
+        raise Unauthenticated(f"token is malformed: longer than {MAX_TOKEN_CHARS} characters")
+    body, sep, mac_text = token.strip().partition(".")
+    if not sep or not body or not mac_text or "." in mac_text:
+        raise Unauthenticated("token is malformed: expected CLAIMS.SIGNATURE in base64url")
+    try:
+        mac = _b64decode(mac_text)
+        raw = _b64decode(body)
+    except (ValueError, binascii.Error):
+        raise Unauthenticated("token is malformed: not base64url") from None
+    if not hmac.compare_digest(mac, _mac(secret, body)):
+        raise Unauthenticated(
+            "token signature does not match: issued for another federation, or altered"
+        )
+    claims = _claims_from(raw)
+    if claims.expires_at is not None and _epoch(now) >= claims.expires_at:
+        expired = datetime.fromtimestamp(claims.expires_at, UTC).isoformat()
+        raise Unauthenticated(f"token expired at {expired}; ask for a new one")
+    return claims
+
+
+def _claims_from(raw: bytes) -> Claims:
+    # The MAC held, so this came from someone with the secret; still, trust only the shape.
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise Unauthenticated("token is malformed: its claims are not JSON") from None
+    if not isinstance(doc, dict) or doc.get("v") != TOKEN_VERSION:
+        raise Unauthenticated("token is malformed: unknown token version")
+    role, sub = doc.get("role"), doc.get("sub", "")
+    region, asset = doc.get("region"), doc.get("asset")
+    iat, exp = doc.get("iat", 0), doc.get("exp")
+    if (
+        role not in ROLES
+        or not isinstance(sub, str)
+        or not (region is None or isinstance(region, str))
+        or not (asset is None or isinstance(asset, str))
+        or not _is_int(iat)
+        or not (exp is None or _is_int(exp))
+    ):
+        raise Unauthenticated("token is malformed: its claims are not Sundesk claims")
+    return Claims(role, sub, region, asset, iat, exp)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ----- policy -----------------------------------------------------------------------------
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """``/sundesk.v1.Desk/CreateTicket`` -> (``sundesk.v1.Desk``, ``CreateTicket``)."""
+    match = _METHOD.match(method)
+    if match is None:
+        raise PermissionDenied(f"{method!r} is not a gRPC method path")
+    return match.group(1), match.group(2)
+
+
+def is_open(method: str) -> bool:
+    """Health checking and reflection: no token, no node certificate."""
+    service, _, _ = method.lstrip("/").partition("/")
+    return service in OPEN_SERVICES
+
+
+def is_read(method: str) -> bool:
+    service, name = split_method(method)
+    if service in (FEDERATION, TELEMETRY):
+        return False
+    return name == "Status" or name.startswith(("Get", "List", "Watch"))
+
+
+def needs_request(method: str) -> bool:
+    """Whether ``authorize`` must see the request message (the machine's asset)."""
+    return split_method(method)[0] == TELEMETRY
+
+
+def authorize_role(claims: Claims, method: str) -> None:
+    """The part of the policy that does not depend on the request."""
+    service, name = split_method(method)
+    path = f"{service}/{name}"
+
+    def deny(why: str) -> PermissionDenied:
+        return PermissionDenied(f"role {claims.role} may not call {path}: {why}")
+
+    if claims.role == NODE:
+        raise deny("node is for federation peers, which present a node certificate, not a token")
+    if service == FEDERATION:
+        raise deny("the federation API is for regional nodes only (node certificate)")
+    if service == TELEMETRY:
+        if claims.role != MACHINE:
+            raise deny("telemetry is sent by machines only")
+        return
+    if claims.role == MACHINE:
+        raise deny("a machine token only sends telemetry for its own asset")
+    if is_read(method):
+        if claims.role in READERS:
+            return
+        raise deny(f"{claims.role} may not read")
+    if path == ACK_HANDOFF:
+        if claims.role in (ONCALL, AGENT):
+            return
+        raise deny("handoffs are acknowledged by on-call engineers and agents")
+    if service == DESK:
+        if claims.role == AGENT:
+            return
+        if claims.role == OPS:
+            raise deny("ops is read-only")
+        raise deny(f"ticket changes are made by agents; {claims.role} only reads tickets")
+    if claims.role == OPS:
+        raise deny("ops is read-only")
+    raise deny("no rule allows it")
+
+
+def authorize(claims: Claims, method: str, request: object | None = None) -> None:
+    """Raise ``PermissionDenied`` unless the caller with ``claims`` may make this call."""
+    authorize_role(claims, method)
+    if needs_request(method):
+        if request is None:
+            raise PermissionDenied(f"{method} is checked against its request; none was given")
+        asset = getattr(request, "asset", None)
+        if not isinstance(asset, str) or not asset:
+            raise PermissionDenied(f"{method} needs the request's asset; it has none")
+        if asset != claims.asset:
+            raise PermissionDenied(
+                f"machine {claims.asset!r} may not send telemetry for asset {asset!r}: "
+                "a machine speaks only for its own asset"
+            )
+
+
+# ----- interceptor ------------------------------------------------------------------------
+
+Behavior = Callable[..., Any]
+
+
+class AuthInterceptor(aio.ServerInterceptor):
+    """Applies the policy to every call; put it first in the server's interceptors.
+
+    ``require_tokens=False`` lets calls without a token through (claims ``None``) during a
+    migration; a token that is present is still verified, and Federation still requires
+    a node certificate. With a ``limiter``, every write is charged to its caller.
+
+    Streamed requests are checked one by one as the handler iterates them; a handler of
+    a request-checked service (Telemetry) must read its requests through the iterator it
+    is given, not ``context.read()``.
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        *,
+        require_tokens: bool = True,
+        clock: Clock | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        _check_secret(secret)
+        self._secret = secret
+        self._require_tokens = require_tokens
+        self._clock = clock or SystemClock()
+        self._limiter = limiter
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or is_open(method):
+            return handler
+        metadata = tuple(handler_call_details.invocation_metadata or ())  # type: ignore[attr-defined]
+        return _guarded(handler, _Gate(self, method, metadata))
+
+    def admit(
+        self, method: str, metadata: tuple[Any, ...], context: aio.ServicerContext
+    ) -> tuple[Claims | None, str | None]:
+        """Who is calling, and may they call ``method`` at all: (claims, peer region)."""
+        service, _ = split_method(method)
+        if service == FEDERATION:
+            region = region_of_peer(context.auth_context())
+            if region is None:
+                raise PermissionDenied(
+                    f"{method[1:]} is for regional nodes only: the caller did not present "
+                    "a node certificate of this federation"
+                )
+            return None, region
+        claims = self._claims(method, metadata)
+        if claims is not None:
+            authorize_role(claims, method)
+        if self._limiter is not None and not is_read(method):
+            self._limiter.check(claims.caller if claims else _peer_host(context))
+        return claims, None
+
+    def _claims(self, method: str, metadata: tuple[Any, ...]) -> Claims | None:
+        values = [value for key, value in metadata if key.lower() == "authorization"]
+        if not values:
+            if self._require_tokens:
+                raise Unauthenticated(
+                    f"{method[1:]} needs a token: send 'authorization: Bearer <token>' "
+                    "(get one with `sundesk tokens issue`)"
+                )
+            return None
+        if len(values) > 1:
+            raise Unauthenticated("send one authorization header, not several")
+        value = values[0]
+        text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        scheme, _, token = text.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("the authorization header must be 'Bearer <token>'")
+        return verify_token(self._secret, token.strip(), self._clock.now())
+
+
+def _peer_host(context: aio.ServicerContext) -> str:
+    peer = context.peer() or "unknown"
+    host = peer.rpartition(":")[0] or peer
+    return f"peer:{host}"
+
+
+async def _refuse(context: aio.ServicerContext, exc: Exception) -> None:
+    if isinstance(exc, SundeskError):
+        await context.abort(status_of(exc), str(exc))
+    incident = uuid.uuid4().hex[:12]
+    log.error("authorization failed unexpectedly %s", incident, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error {incident}; see the node's log")
+
+
+@dataclass(frozen=True)
+class _Gate:
+    """One call's checks, run inside the handler where the context and request exist."""
+
+    auth: AuthInterceptor
+    method: str
+    metadata: tuple[Any, ...]
+
+    async def enter(self, arg: Any, context: aio.ServicerContext, stream_in: bool) -> Any:
+        """Admit the caller and check the request; return what the handler should get."""
+        try:
+            claims, region = self.auth.admit(self.method, self.metadata, context)
+        except Exception as exc:
+            await _refuse(context, exc)
+            raise
+        # Each RPC runs in its own task, so these stay within this call.
+        current_claims.set(claims)
+        current_peer_region.set(region)
+        if claims is None or not needs_request(self.method):
+            return arg
+        if stream_in:
+            return self._checked(claims, arg, context)
+        await self._check(claims, arg, context)
+        return arg
+
+    async def _check(self, claims: Claims, request: Any, context: aio.ServicerContext) -> None:
+        try:
+            authorize(claims, self.method, request)
+        except Exception as exc:
+            await _refuse(context, exc)
+            raise
+
+    async def _checked(
+        self, claims: Claims, requests: AsyncIterator[Any], context: aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for request in requests:
+            await self._check(claims, request, context)
+            yield request
+
+
+def _guarded(handler: grpc.RpcMethodHandler, gate: _Gate) -> grpc.RpcMethodHandler:
+    def wrap(behavior: Behavior, stream_in: bool) -> Behavior:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def stream(arg: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+                arg = await gate.enter(arg, context, stream_in)
+                async for item in behavior(arg, context):
+                    yield item
+
+            return stream
+
+        async def call(arg: Any, context: aio.ServicerContext) -> Any:
+            arg = await gate.enter(arg, context, stream_in)
+            result = behavior(arg, context)
+            return await result if inspect.isawaitable(result) else result
+
+        return call
+
+    kinds = (
+        (handler.unary_unary, False, grpc.unary_unary_rpc_method_handler),
+        (handler.unary_stream, False, grpc.unary_stream_rpc_method_handler),
+        (handler.stream_unary, True, grpc.stream_unary_rpc_method_handler),
+        (handler.stream_stream, True, grpc.stream_stream_rpc_method_handler),
+    )
+    for behavior, stream_in, make in kinds:
+        if behavior is not None:
+            return make(  # type: ignore[operator]
+                wrap(behavior, stream_in),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    return handler
+
+
+__all__ = [
+    "ISSUABLE_ROLES",
+    "ROLES",
+    "AuthInterceptor",
+    "Claims",
+    "authorize",
+    "authorize_role",
+    "current_claims",
+    "current_peer_region",
+    "is_open",
+    "is_read",
+    "issue_token",
+    "verify_token",
+]
