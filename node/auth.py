@@ -118,7 +118,10 @@ def _b64encode(data: bytes) -> str:
 def _b64decode(text: str) -> bytes:
     if not _B64URL.match(text):
         raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64encode(data) != text:  # spare bits set: one token, one spelling
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def _mac(secret: bytes, body: str) -> bytes:
@@ -184,7 +187,7 @@ def verify_token(secret: bytes, token: str, now: datetime) -> Claims:
     _check_secret(secret)
     if len(token) > MAX_TOKEN_CHARS:
         raise Unauthenticated(f"token is malformed: longer than {MAX_TOKEN_CHARS} characters")
-    body, sep, mac_text = token.strip().partition(".")
+    body, sep, mac_text = token.partition(".")
     if not sep or not body or not mac_text or "." in mac_text:
         raise Unauthenticated("token is malformed: expected CLAIMS.SIGNATURE in base64url")
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import queue
@@ -134,6 +135,7 @@ class SqliteTicketStore:
                 "another --data-dir"
             ) from exc
         self._vv: dict[str, int] = dict(self._wconn.execute("SELECT origin, seq FROM vv"))
+        self._committed_vv = dict(self._vv)  # what readers may see: durable only
         self._ticket_seq = self._load_ticket_seq()
         # Start the HLC above every stamp already logged: a wall clock that went back while
         # the node was down must not reorder this origin's operations.
@@ -247,9 +249,10 @@ class SqliteTicketStore:
         if self._on_commit is not None:
             self._on_commit(len(jobs), elapsed)
         loop = jobs[0].loop
-        loop.call_soon_threadsafe(self._deliver, jobs, results)
+        loop.call_soon_threadsafe(self._deliver, jobs, results, dict(self._vv))
 
-    def _deliver(self, jobs: list[_Job], results: list[_Result]) -> None:
+    def _deliver(self, jobs: list[_Job], results: list[_Result], vv: dict[str, int]) -> None:
+        self._committed_vv = vv
         changes: list[Change] = []
         for job, res in zip(jobs, results, strict=True):
             changes.extend(res.changes)
@@ -300,10 +303,10 @@ class SqliteTicketStore:
             fields=fields,
             trace_context=dict(job.trace),
         )
-        ticket, previous = self._apply(conn, op)
+        ticket, previous, digest = self._apply(conn, op)
         if job.request_id:
             conn.execute("INSERT INTO requests VALUES (?, ?)", (job.request_id, code))
-        view = TicketView.from_replicated(ticket)
+        view = TicketView.from_replicated(ticket, digest)
         change = Change(op=op, ticket=view, local=True, previous_state=previous)
         return _Result(value=(view, op), changes=[change])
 
@@ -318,15 +321,15 @@ class SqliteTicketStore:
                 # from a well-behaved peer and are skipped until the missing ops arrive.
                 continue
             self.hlc.observe(op.hlc)
-            ticket, previous = self._apply(conn, op)
+            ticket, previous, digest = self._apply(conn, op)
             applied.append(op)
-            view = TicketView.from_replicated(ticket) if self.want_views else None
+            view = TicketView.from_replicated(ticket, digest) if self.want_views else None
             changes.append(Change(op=op, ticket=view, local=False, previous_state=previous))
         return _Result(value=applied, changes=changes)
 
     def _apply(
         self, conn: sqlite3.Connection, op: Operation
-    ) -> tuple[ReplicatedTicket, State | None]:
+    ) -> tuple[ReplicatedTicket, State | None, str]:
         conn.execute(
             "INSERT INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -344,6 +347,8 @@ class SqliteTicketStore:
         previous = State(ticket.values["state"]) if ticket.created else None
         apply_in_place(ticket, op)
         values = ticket.values
+        body = ticket.encode()
+        digest = hashlib.sha256(body).hexdigest()
         conn.execute(
             "INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -354,13 +359,13 @@ class SqliteTicketStore:
                 values.get("customer", ""),
                 values.get("kind", ""),
                 values.get("created_at", ""),
-                ticket.digest(),
-                ticket.encode(),
+                digest,
+                body,
             ),
         )
         conn.execute("INSERT OR REPLACE INTO vv VALUES (?, ?)", (op.origin, op.seq))
         self._vv[op.origin] = op.seq
-        return ticket, previous
+        return ticket, previous, digest
 
     @staticmethod
     def _load(conn: sqlite3.Connection, code: str) -> ReplicatedTicket | None:
@@ -415,7 +420,8 @@ class SqliteTicketStore:
         return Page(tickets=views, next_token=token, total=total)
 
     def version_vector(self) -> dict[str, int]:
-        return dict(self._rconn.execute("SELECT origin, seq FROM vv"))
+        """Highest contiguous seq per origin that is durable here."""
+        return dict(self._committed_vv)
 
     def read_ops(self, after: Mapping[str, int], limit: int) -> list[Operation]:
         """For each origin named in ``after``, its operations past ``after[origin]``, in seq

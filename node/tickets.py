@@ -126,7 +126,7 @@ class TicketView:
         )
 
     @classmethod
-    def from_replicated(cls, t: ReplicatedTicket) -> TicketView:
+    def from_replicated(cls, t: ReplicatedTicket, digest: str = "") -> TicketView:
         v = t.values
         tier = v.get("tier") or ""
         updated_hlc = int(t.last_change[0])
@@ -158,7 +158,7 @@ class TicketView:
             resolution_due=v.get("resolution_due", ""),
             source=v.get("source", "agent"),
             last_change_id=t.last_change_id,
-            digest=t.digest(),
+            digest=digest or t.digest(),
             comments=tuple(_comment(c) for c in t.sorted_comments()),
             history=tuple(_change(h) for h in t.sorted_history()),
             labels=dict(v.get("labels") or {}),
