@@ -28,7 +28,11 @@ HEARTBEAT_SECONDS = 1.0
 
 
 class CommitSignal:
-    """Wakes every waiting sender after each durable commit."""
+    """Wakes every waiting sender after each durable commit.
+
+    Take ``current()`` *before* reading the log and wait on it after: a commit that lands
+    in between has already set it, so no wake-up is lost.
+    """
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
@@ -37,10 +41,8 @@ class CommitSignal:
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, within: float) -> None:
-        """Return at the next commit, or after ``within`` seconds."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), within)
+    def current(self) -> asyncio.Event:
+        return self._event
 
 
 class _PullState:
@@ -88,20 +90,15 @@ class FederationService(federation_pb2_grpc.FederationServicer):
         try:
             idle_sent = False
             while True:
+                committed = self._signal.current()
+                state.changed.clear()
                 batch = self._next_batch(state)
                 if batch is None:
                     if not idle_sent:
                         yield self._batch([], caught_up=True)
                         idle_sent = True
-                    state.changed.clear()
-                    waiter = asyncio.create_task(self._signal.wait(HEARTBEAT_SECONDS))
-                    changed = asyncio.create_task(state.changed.wait())
-                    done, pending = await asyncio.wait(
-                        {waiter, changed}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    for task in pending:
-                        task.cancel()
-                    if not any(t is changed for t in done) and waiter.done():
+                    woken = await _first_of(committed, state.changed, HEARTBEAT_SECONDS)
+                    if not woken:
                         # Heartbeat: lets the puller see the link is alive and our vector.
                         yield self._batch([], caught_up=True)
                     continue
@@ -137,6 +134,17 @@ class FederationService(federation_pb2_grpc.FederationServicer):
             sender_version_vector=vv if vv is not None else self._store.version_vector(),
             caught_up=caught_up,
         )
+
+
+async def _first_of(a: asyncio.Event, b: asyncio.Event, timeout: float) -> bool:
+    """Wait until either event is set; False on timeout."""
+    if a.is_set() or b.is_set():
+        return True
+    waits = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
+    done, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    return bool(done)
 
 
 async def _read_updates(requests: AsyncIterator[fpb.PullRequest], state: _PullState) -> None:

@@ -149,8 +149,9 @@ class DeskService(desk_pb2_grpc.DeskServicer):
                 token = page.next_token
                 if not token:
                     break
+        to_pb = _summary if request.changes_only else self._to_pb
         async for change in sub:
-            yield _event(change, self._to_pb)
+            yield _event(change, to_pb)
 
 
 _EVENT_TYPES = {
@@ -168,6 +169,10 @@ def _event(change: Change, to_pb: Callable[[TicketView], pb.Ticket]) -> pb.Ticke
         change_id=change.op.op_id,
         region=change.op.origin,
     )
+
+
+def _summary(view: TicketView) -> pb.Ticket:
+    return pb.Ticket(code=view.code, version=view.version, queue=view.queue)
 
 
 def _code(code: str) -> str:
