@@ -87,7 +87,7 @@ async def lag_run(nodes: dict[str, str], rate: float, seconds: float) -> list[fl
         w.cancel()
     for ch in channels.values():
         await ch.close()
-    lags = []
+    lags: list[float] = []
     for change, seen in arrivals.items():
         origin = change.rsplit(":", 1)[0]
         if origin not in seen:
@@ -108,8 +108,8 @@ async def _remember(call: object, codes: list[str]) -> object:
     return result
 
 
-async def wait_until(check: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(check: object, within: float) -> None:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         value = check()  # type: ignore[operator]
         if asyncio.iscoroutine(value):

@@ -136,12 +136,12 @@ class FederationService(federation_pb2_grpc.FederationServicer):
         )
 
 
-async def _first_of(a: asyncio.Event, b: asyncio.Event, timeout: float) -> bool:
-    """Wait until either event is set; False on timeout."""
+async def _first_of(a: asyncio.Event, b: asyncio.Event, within: float) -> bool:
+    """Wait until either event is set; False if neither is within ``within`` seconds."""
     if a.is_set() or b.is_set():
         return True
     waits = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
-    done, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    done, pending = await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
     return bool(done)
