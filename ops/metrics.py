@@ -1,0 +1,305 @@
+"""Prometheus metrics of one regional node, in a registry of its own.
+
+Every metric lives in the ``CollectorRegistry`` the ``Metrics`` object was built with (a
+fresh one by default), never in prometheus_client's global registry: two nodes in one
+process (tests, benchmarks) keep separate numbers, and the node's wiring hands the object
+to whatever records into it.
+
+Naming follows https://prometheus.io/docs/practices/naming/: the ``sundesk_`` prefix,
+``_total`` on counters, base units (seconds) with the unit as suffix. Every label has a
+small, known set of values: regions, queues (one per home region), ticket states, tiers,
+status codes, on-call names. Ticket codes, customers and operation ids never become
+labels; they belong on spans. The node's region is not a label on every series (that is
+the scraper's target label) but is exposed once, as ``sundesk_node_info{region=...}``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client import start_http_server as _serve_registry
+
+# RPCs: a local SQLite read is well under a millisecond, a durable write a few, a large
+# page or a slow disk up to seconds.
+RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# One SQLite transaction, fsync included.
+COMMIT_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# Operations per store transaction: one for a local write, up to a replication batch.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Commit at the origin to apply here: WAN round trips when healthy, minutes to hours when
+# a region was cut off and catches up.
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+# A person acknowledging a handoff: seconds when at the desk, up to hours after hours.
+ACK_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
+
+LEASE_STATES = ("alive", "expiring", "lost")
+
+
+class Metrics:
+    """The node's instruments. Attributes are the prometheus_client metrics themselves
+    (``metrics.comments_total.inc()``); the few gauges that describe a current state
+    (tickets per state, queue owners, lease state) are set through methods that also
+    clear the label sets that no longer apply."""
+
+    def __init__(self, region: str, registry: CollectorRegistry | None = None) -> None:
+        self.region = region
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._lock = threading.Lock()
+        self._ticket_keys: set[tuple[str, str, str]] = set()
+        self._owners: dict[str, tuple[str, str]] = {}
+        self._http: WSGIServer | None = None
+        self._http_thread: threading.Thread | None = None
+        r = self.registry
+
+        Info("sundesk_node", "The regional node this endpoint belongs to.", registry=r).info(
+            {"region": region}
+        )
+
+        # Tickets.
+        self.tickets = Gauge(
+            "sundesk_tickets",
+            "Tickets held by this node, by state, queue and contract tier.",
+            ["state", "queue", "tier"],
+            registry=r,
+        )
+        self.tickets_created_total = Counter(
+            "sundesk_tickets_created_total",
+            "Tickets created on this node.",
+            ["queue"],
+            registry=r,
+        )
+        self.transitions_total = Counter(
+            "sundesk_transitions_total",
+            "Ticket state changes made on this node.",
+            ["from_state", "to_state"],
+            registry=r,
+        )
+        self.comments_total = Counter(
+            "sundesk_comments_total", "Comments added on this node.", registry=r
+        )
+
+        # RPCs (recorded by ops.interceptors.ObservabilityInterceptor).
+        self.rpc_requests_total = Counter(
+            "sundesk_rpc_requests_total",
+            "RPCs handled, by final status code.",
+            ["service", "method", "code"],
+            registry=r,
+        )
+        self.rpc_duration_seconds = Histogram(
+            "sundesk_rpc_duration_seconds",
+            "Time spent handling an RPC.",
+            ["service", "method"],
+            buckets=RPC_BUCKETS,
+            registry=r,
+        )
+
+        # Store.
+        self.store_commit_seconds = Histogram(
+            "sundesk_store_commit_seconds",
+            "Duration of one durable store transaction.",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.store_commit_batch_size = Histogram(
+            "sundesk_store_commit_batch_size",
+            "Operations written by one store transaction.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+
+        # Replication.
+        self.replication_lag_seconds = Histogram(
+            "sundesk_replication_lag_seconds",
+            "Time from an operation's commit at its origin to its apply on this node.",
+            ["origin"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.replication_backlog = Gauge(
+            "sundesk_replication_backlog",
+            "Operations this node holds that a peer lacks.",
+            ["peer"],
+            registry=r,
+        )
+        self.replication_applied_total = Counter(
+            "sundesk_replication_applied_total",
+            "Replicated operations applied, by origin.",
+            ["origin"],
+            registry=r,
+        )
+        self.replication_batches_total = Counter(
+            "sundesk_replication_batches_total",
+            "Operation batches received from a peer.",
+            ["peer"],
+            registry=r,
+        )
+        self.replication_peer_connected = Gauge(
+            "sundesk_replication_peer_connected",
+            "1 while the pull stream to a peer is open.",
+            ["peer"],
+            registry=r,
+        )
+        self.hlc_skew_rejections_total = Counter(
+            "sundesk_hlc_skew_rejections_total",
+            "Operations refused because their clock is too far ahead of ours.",
+            registry=r,
+        )
+
+        # Follow-the-sun ownership.
+        self.queue_owner = Gauge(
+            "sundesk_queue_owner",
+            "1 for each queue's current owner as this node sees it (kind: region or oncall).",
+            ["queue", "owner", "kind"],
+            registry=r,
+        )
+        self.queue_epoch = Gauge(
+            "sundesk_queue_epoch",
+            "Fencing epoch (owner key revision) of each queue.",
+            ["queue"],
+            registry=r,
+        )
+        self.lease_state = Gauge(
+            "sundesk_lease_state",
+            "1 for this node's current etcd lease state.",
+            ["state"],
+            registry=r,
+        )
+        self.handoffs_total = Counter(
+            "sundesk_handoffs_total",
+            "Queue handoffs performed by this node.",
+            ["queue", "kind"],
+            registry=r,
+        )
+        self.failovers_total = Counter(
+            "sundesk_failovers_total",
+            "Queues taken over after their owner's lease expired.",
+            ["queue"],
+            registry=r,
+        )
+        self.handoff_ack_seconds = Histogram(
+            "sundesk_handoff_ack_seconds",
+            "Time from a handoff to its acknowledgement.",
+            buckets=ACK_BUCKETS,
+            registry=r,
+        )
+
+        # SLA and escalation.
+        self.sla_breaches_total = Counter(
+            "sundesk_sla_breaches_total",
+            "SLA targets missed (target: response or resolution).",
+            ["queue", "tier", "target"],
+            registry=r,
+        )
+        self.escalations_total = Counter(
+            "sundesk_escalations_total",
+            "Escalations, by level reached (L1..L4).",
+            ["level"],
+            registry=r,
+        )
+
+        # Call home.
+        self.telemetry_heartbeats_total = Counter(
+            "sundesk_telemetry_heartbeats_total",
+            "Heartbeats received from machines.",
+            registry=r,
+        )
+        self.telemetry_alarms_total = Counter(
+            "sundesk_telemetry_alarms_total",
+            "Alarms received from machines.",
+            ["severity"],
+            registry=r,
+        )
+
+        for state in LEASE_STATES:
+            self.lease_state.labels(state=state).set(0)
+
+    # -- current-state gauges -------------------------------------------------------------
+
+    def set_ticket_counts(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+        """Replace the ticket census: keys are ``(state, queue, tier)``. Label sets that
+        were present before and are absent now drop to 0 rather than disappearing, so a
+        rate or an alert on them sees the drop."""
+        with self._lock:
+            for key in self._ticket_keys - counts.keys():
+                self.tickets.labels(*key).set(0)
+            for key, value in counts.items():
+                self.tickets.labels(*key).set(value)
+            self._ticket_keys |= counts.keys()
+
+    def set_queue_owner(self, queue: str, owner: str, kind: str, epoch: int | None = None) -> None:
+        """Record the queue's owner as this node sees it; the previous owner's series is
+        removed, so ``sundesk_queue_owner{queue=q} == 1`` always has exactly one answer."""
+        with self._lock:
+            previous = self._owners.get(queue)
+            if previous is not None and previous != (owner, kind):
+                self.queue_owner.remove(queue, *previous)
+            self.queue_owner.labels(queue, owner, kind).set(1)
+            self._owners[queue] = (owner, kind)
+        if epoch is not None:
+            self.queue_epoch.labels(queue).set(epoch)
+
+    def clear_queue_owner(self, queue: str) -> None:
+        """The queue has no known owner (key absent during a failover)."""
+        with self._lock:
+            previous = self._owners.pop(queue, None)
+            if previous is not None:
+                self.queue_owner.remove(queue, *previous)
+
+    def set_lease_state(self, state: str) -> None:
+        if state not in LEASE_STATES:
+            raise ValueError(f"lease state must be one of {', '.join(LEASE_STATES)}: {state!r}")
+        for name in LEASE_STATES:
+            self.lease_state.labels(name).set(1 if name == state else 0)
+
+    def set_peers_connected(self, connected: Mapping[str, bool]) -> None:
+        for peer, up in connected.items():
+            self.replication_peer_connected.labels(peer).set(1 if up else 0)
+
+    def init_labels(self, regions: Iterable[str], queues: Iterable[str] | None = None) -> None:
+        """Create the per-region and per-queue series at zero, so a counter that has not
+        moved yet is present and ``rate()`` works from the first scrape. Queues default to
+        the regions (one queue per home region); this node is not its own peer."""
+        regions = list(regions)
+        for queue in regions if queues is None else queues:
+            self.tickets_created_total.labels(queue)
+            self.failovers_total.labels(queue)
+        for name in regions:
+            self.replication_applied_total.labels(name)
+            if name != self.region:
+                self.replication_backlog.labels(name)
+                self.replication_batches_total.labels(name)
+                self.replication_peer_connected.labels(name)
+
+    # -- exposition -----------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The text exposition of this registry (what /metrics serves)."""
+        return generate_latest(self.registry)
+
+    def start_http_server(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve /metrics for this registry only, from a daemon thread. Port 0 picks a free
+        port; the bound port is returned."""
+        if self._http is not None:
+            raise RuntimeError("metrics HTTP server already started")
+        server, thread = _serve_registry(port, addr=host, registry=self.registry)
+        self._http, self._http_thread = server, thread
+        return int(server.server_port)
+
+    def stop_http_server(self) -> None:
+        server, thread = self._http, self._http_thread
+        self._http = self._http_thread = None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)

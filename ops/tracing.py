@@ -1,0 +1,106 @@
+"""OpenTelemetry tracing of one regional node.
+
+``make_tracer_provider`` builds the provider the node hands to its parts (the RPC
+interceptor, the store, the replicator). Nothing here installs a global provider or
+propagator: two nodes in one process trace under their own region.
+
+Spans leave through a ``BatchSpanProcessor`` (export happens on its own thread, never on
+the RPC path) to an OTLP/gRPC endpoint: the embedded collector (``ops.collector``), an
+OpenTelemetry Collector, Jaeger or Tempo. When the endpoint is down, spans are dropped
+after the exporter's retries; tickets are never held up by tracing.
+
+The trace context crosses process boundaries as W3C ``traceparent``/``tracestate``: in
+gRPC metadata for RPCs and in ``Operation.trace_context`` for replicated operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Span, Tracer, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+SERVICE = "sundesk-node"
+INSTRUMENTATION = "sundesk"
+
+# Span and resource attributes of our own, next to the OpenTelemetry conventions.
+ATTR_REGION = "sundesk.region"
+ATTR_QUEUE = "sundesk.queue"
+ATTR_TICKET = "sundesk.ticket"
+ATTR_ORIGIN = "sundesk.origin"
+ATTR_OP_ID = "sundesk.op_id"
+
+EXPORT_TIMEOUT_S = 5.0
+SCHEDULE_DELAY_MS = 1000  # a trace shows up in the collector about a second after it ends
+
+# Stateless; an instance rather than opentelemetry.propagate's global, which any library
+# may replace.
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def make_tracer_provider(
+    region: str,
+    *,
+    otlp_endpoint: str | None,
+    exporter: SpanExporter | None = None,
+    enabled: bool = True,
+) -> TracerProvider:
+    """The node's tracer provider.
+
+    ``exporter`` wins over ``otlp_endpoint`` (tests pass an ``InMemorySpanExporter``).
+    Disabled, or with nowhere to send spans, the provider is the API's no-op one: its
+    spans cost a few hundred nanoseconds and still carry an incoming parent's context
+    onward, so a trace passing through a node without tracing is not broken.
+    """
+    if not enabled or (exporter is None and not otlp_endpoint):
+        return trace.NoOpTracerProvider()
+    resource = Resource.create({SERVICE_NAME: SERVICE, ATTR_REGION: region})
+    provider = SdkTracerProvider(resource=resource, shutdown_on_exit=False)
+    if exporter is None:
+        assert otlp_endpoint is not None
+        endpoint = otlp_endpoint if "://" in otlp_endpoint else f"http://{otlp_endpoint}"
+        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=EXPORT_TIMEOUT_S)
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter, schedule_delay_millis=SCHEDULE_DELAY_MS)
+    )
+    return provider
+
+
+def get_tracer(provider: TracerProvider) -> Tracer:
+    return provider.get_tracer(INSTRUMENTATION)
+
+
+def flush_tracing(provider: TracerProvider, timeout_s: float = EXPORT_TIMEOUT_S) -> bool:
+    """Export every finished span now; False if that did not finish in time."""
+    if isinstance(provider, SdkTracerProvider):
+        return provider.force_flush(int(timeout_s * 1000))
+    return True
+
+
+def shutdown_tracing(provider: TracerProvider, timeout_s: float = EXPORT_TIMEOUT_S) -> None:
+    """Flush and stop exporting. Blocking (the exporter is synchronous): from a coroutine,
+    run it with ``asyncio.to_thread``, above all when the collector is in-process."""
+    if isinstance(provider, SdkTracerProvider):
+        provider.force_flush(int(timeout_s * 1000))
+        provider.shutdown()
+
+
+def inject_context(span: Span | None = None) -> dict[str, str]:
+    """The W3C trace context of ``span`` (default: the current span) as a plain dict, for
+    gRPC metadata or ``Operation.trace_context``. Empty when there is no valid span."""
+    ctx = trace.set_span_in_context(span) if span is not None else None
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=ctx)
+    return carrier
+
+
+def extract_context(carrier: Mapping[str, str]) -> Context:
+    """A context whose parent is the span described by ``carrier``; an empty context
+    (so a new root) when the carrier holds no valid ``traceparent``."""
+    return _PROPAGATOR.extract(carrier)
