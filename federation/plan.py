@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -41,6 +42,7 @@ RESET_EPOCH = datetime(2000, 1, 3, tzinfo=UTC)  # a Monday
 RESET_PERIOD = timedelta(days=7)
 _WINDOW = timedelta(days=8)
 _LIMIT = timedelta(days=SEARCH_DAYS)
+_KNOWN_MAX = 20_000
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,10 @@ class Planner:
     def __init__(self, config: FederationConfig) -> None:
         self.config = config
         self.calendars = {r.name: RegionCalendar(r) for r in config.regions}
+        # Whole segments already computed, per queue, sorted by start. Nodes ask
+        # owner_at() for every queue on every tick; one walk answers days of ticks.
+        self._known: dict[str, list[Segment]] = {q.name: [] for q in config.queues}
+        self._lock = threading.Lock()
 
     def plan(self, start: datetime, end: datetime) -> PlanResult:
         start, end = utc(start), utc(end)
@@ -105,6 +111,9 @@ class Planner:
         either way; a longer segment is reported cut at that bound)."""
         q = self.config.queue(queue)
         instant = utc(instant)
+        known = self._lookup(q.name, instant)
+        if known is not None:
+            return known
         low, high = instant - _WINDOW, instant + _WINDOW
         while True:
             segments = self._walk([q], low, high)[q.name]
@@ -115,21 +124,36 @@ class Planner:
             elif segment.end == high and high - instant < _LIMIT:
                 high = min(high + 2 * (high - instant), instant + _LIMIT)
             else:
+                # Only segments not cut by the window are known to be whole.
+                self._remember(q.name, [s for s in segments if low < s.start and s.end < high])
                 return segment
+
+    def _lookup(self, queue: str, instant: datetime) -> Segment | None:
+        with self._lock:
+            known = self._known[queue]
+            index = bisect.bisect_right(known, instant, key=lambda s: s.start) - 1
+            if index >= 0 and known[index].contains(instant):
+                return known[index]
+        return None
+
+    def _remember(self, queue: str, segments: list[Segment]) -> None:
+        with self._lock:
+            by_start = {s.start: s for s in self._known[queue]}
+            if len(by_start) > _KNOWN_MAX:
+                by_start.clear()  # a crude bound; a year is about a thousand segments
+            by_start.update((s.start, s) for s in segments)
+            self._known[queue] = sorted(by_start.values(), key=lambda s: s.start)
 
     def next_handoff(self, queue: str, instant: datetime) -> Segment | None:
         """The next segment whose owner differs from the current one's, or None within
         SEARCH_DAYS. A rota change inside an on-call stretch is not a handoff between
         owners; ``oncall_for`` tells who is on call."""
         current = self.owner_at(queue, instant)
-        q = self.config.queue(queue)
-        low = current.end
-        while low - current.end < _LIMIT:
-            high = low + 2 * _WINDOW
-            for segment in self._walk([q], low, high)[q.name]:
-                if segment.owner != current.owner:
-                    return self.owner_at(queue, segment.start)
-            low = high
+        segment = current
+        while segment.end - current.end < _LIMIT:
+            segment = self.owner_at(queue, segment.end)
+            if segment.owner != current.owner:
+                return segment
         return None
 
     def candidates_at(self, queue: str, instant: datetime) -> list[str]:

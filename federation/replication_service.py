@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 
 from grpc import aio
 
+from federation.operations import Operation
 from federation.wire import op_to_pb
 from node.sqlite_store import SqliteTicketStore
 from node.store import Change
@@ -67,7 +68,7 @@ class FederationService(federation_pb2_grpc.FederationServicer):
         store: SqliteTicketStore,
         signal: CommitSignal,
         status: Callable[[], fpb.NodeStatus],
-        on_batch: Callable[[str, int], None] | None = None,
+        on_batch: Callable[[str, list[Operation]], None] | None = None,
     ) -> None:
         self._store = store
         self._signal = signal
@@ -103,13 +104,14 @@ class FederationService(federation_pb2_grpc.FederationServicer):
                         yield self._batch([], caught_up=True)
                     continue
                 idle_sent = False
-                yield batch
+                msg, ops = batch
+                yield msg
                 if self._on_batch is not None:
-                    self._on_batch(state.region, len(batch.operations))
+                    self._on_batch(state.region, ops)
         finally:
             reader.cancel()
 
-    def _next_batch(self, state: _PullState) -> fpb.OperationBatch | None:
+    def _next_batch(self, state: _PullState) -> tuple[fpb.OperationBatch, list[Operation]] | None:
         vv = self._store.version_vector()
         wanted = {
             origin: state.cursor.get(origin, 0)
@@ -124,7 +126,7 @@ class FederationService(federation_pb2_grpc.FederationServicer):
         for op in ops:
             state.cursor[op.origin] = op.seq
         caught_up = len(ops) < state.max_batch
-        return self._batch([op_to_pb(op) for op in ops], caught_up=caught_up, vv=vv)
+        return self._batch([op_to_pb(op) for op in ops], caught_up=caught_up, vv=vv), ops
 
     def _batch(
         self, ops: list[fpb.Operation], caught_up: bool, vv: dict[str, int] | None = None

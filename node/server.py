@@ -25,13 +25,18 @@ from node.clock import Clock, SystemClock
 from node.desk_service import DeskService
 from node.errors import StorageError, Unavailable
 from node.grpc_errors import ErrorInterceptor
+from node.observe import NodeObserver
 from node.sqlite_store import SqliteTicketStore
 from node.watch import WatchHub
+from ops.interceptors import ObservabilityInterceptor
+from ops.metrics import Metrics
+from ops.tracing import get_tracer, make_tracer_provider, shutdown_tracing
 from sundesk.v1 import desk_pb2, desk_pb2_grpc, federation_pb2, federation_pb2_grpc
 
 log = logging.getLogger("sundesk.node")
 
 MAX_MESSAGE = 4 * 1024 * 1024
+GAUGE_PERIOD = 2.0
 SERVICES = (
     desk_pb2.DESCRIPTOR.services_by_name["Desk"].full_name,
     federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name,
@@ -76,14 +81,27 @@ class Node:
         self._on_stop: list[Callable[[], object]] = []
 
     async def start(self) -> None:
+        self.metrics = Metrics(self.region.name)
+        self.metrics.init_labels(self.config.region_names(), self.config.queue_names())
+        self.tracer_provider = make_tracer_provider(
+            self.region.name,
+            otlp_endpoint=self.options.otlp_endpoint,
+            enabled=self.options.tracing,
+        )
+        tracer = get_tracer(self.tracer_provider)
+        self.observer = obs = NodeObserver(self.region.name, self.metrics, tracer, self.clock)
         self.store = SqliteTicketStore(
             self.options.data_dir,
             self.region.name,
             self.region.code,
             self.clock,
             max_skew_seconds=self.config.max_clock_skew_seconds,
+            on_skew=obs.on_skew,
+            on_commit=obs.on_commit,
+            on_commit_spans=obs.on_commit_spans if self.options.tracing else None,
         )
         self.store.add_listener(self.hub.publish)
+        self.store.add_listener(obs.on_changes)
         self.signal = CommitSignal()
         self.store.add_listener(self.signal.notify)
         peers = {
@@ -91,16 +109,28 @@ class Node:
             for r in self.config.regions
             if r.name != self.region.name
         }
-        self.replicator = Replicator(self.store, self.region.name, peers, self.clock)
+        self.replicator = Replicator(
+            self.store, self.region.name, peers, self.clock, hooks=obs.replication_hooks()
+        )
         queues = {r.name: r.name for r in self.config.regions}
-        desk = DeskService(self.store, self.hub, queues, replication_info=self._replication_info)
+        desk = DeskService(
+            self.store,
+            self.hub,
+            queues,
+            trace_carrier=obs.trace_carrier,
+            replication_info=self._replication_info,
+        )
+        interceptors: list[aio.ServerInterceptor] = []
+        if self.options.tracing:
+            interceptors.append(ObservabilityInterceptor(self.metrics, tracer, self.region.name))
         server = aio.server(
-            interceptors=[*self.options.extra_interceptors, ErrorInterceptor()],
+            interceptors=[*interceptors, *self.options.extra_interceptors, ErrorInterceptor()],
             options=server_options(),
         )
         desk_pb2_grpc.add_DeskServicer_to_server(desk, server)
+        on_send = obs.on_send if self.options.tracing else None
         federation_pb2_grpc.add_FederationServicer_to_server(
-            FederationService(self.store, self.signal, self.status), server
+            FederationService(self.store, self.signal, self.status, on_batch=on_send), server
         )
         health_servicer = _health_servicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -131,15 +161,44 @@ class Node:
         self._health = health_servicer
         self.server = server
         self.replicator.start()
+        self._start_metrics_endpoint()
+        self._gauges = asyncio.create_task(self._refresh_gauges())
         log.info("region %s serving on %s", self.region.name, self.listen)
+
+    def _start_metrics_endpoint(self) -> None:
+        port = self.options.metrics_port
+        if port is None:
+            port = self.region.metrics_port
+        if not port:
+            return
+        try:
+            self.metrics.start_http_server(port)
+        except OSError as exc:
+            # Metrics matter, but not more than serving tickets: say so and go on.
+            log.error("metrics endpoint not started: port %d: %s", port, exc.strerror)
+        else:
+            log.info("metrics on http://127.0.0.1:%d/metrics", port)
+
+    async def _refresh_gauges(self) -> None:
+        """Gauges that are cheaper to sample than to track on every change."""
+        while True:
+            assert self.store is not None
+            self.metrics.set_ticket_counts(self.store.ticket_counts())
+            self.observer.set_backlog(
+                {p: self.replicator.backlog(p) for p in self.replicator.peers}
+            )
+            await asyncio.sleep(GAUGE_PERIOD)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.server is not None:
             for name in ("", *SERVICES):
                 await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self._gauges.cancel()
             await self.replicator.stop()
             await self.server.stop(grace)
             self.server = None
+            self.metrics.stop_http_server()
+            await asyncio.to_thread(shutdown_tracing, self.tracer_provider)
         for hook in self._on_stop:
             result = hook()
             if asyncio.iscoroutine(result):

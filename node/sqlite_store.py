@@ -117,12 +117,14 @@ class SqliteTicketStore:
         max_skew_seconds: float = 60.0,
         on_skew: Callable[[int, int], None] | None = None,
         on_commit: Callable[[int, float], None] | None = None,
+        on_commit_spans: Callable[[list[Mapping[str, str]], int, int, int], None] | None = None,
     ) -> None:
         self.region = region
         self.region_code = region_code
         self.path = Path(data_dir) / "sundesk.db"
         self._clock = clock
         self._on_commit = on_commit
+        self._on_commit_spans = on_commit_spans
         self._wconn = open_database(self.path)
         try:
             self._wconn.executescript(SCHEMA)
@@ -220,6 +222,7 @@ class SqliteTicketStore:
 
     def _run_group(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
+        started_ns = time.time_ns()
         conn = self._wconn
         results: list[_Result] = []
         saved = (dict(self._vv), self._ticket_seq)
@@ -248,6 +251,9 @@ class SqliteTicketStore:
         elapsed = time.perf_counter() - started
         if self._on_commit is not None:
             self._on_commit(len(jobs), elapsed)
+        if self._on_commit_spans is not None:
+            traced = [j.trace for j, r in zip(jobs, results, strict=True) if r.error is None]
+            self._on_commit_spans(traced, started_ns, time.time_ns(), len(jobs))
         loop = jobs[0].loop
         loop.call_soon_threadsafe(self._deliver, jobs, results, dict(self._vv))
 

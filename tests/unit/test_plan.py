@@ -205,6 +205,7 @@ def test_owner_at_and_next_handoff_agree_with_the_plan(name: str) -> None:
         for segment in rng.sample(inner, min(12, len(inner))):
             instant = segment.start + (segment.end - segment.start) * rng.random()
             assert owner_at(config, queue.name, instant) == segment
+            assert Planner(config).owner_at(queue.name, instant) == segment  # nothing cached
             assert owner_at(config, queue.name, segment.start) == segment
             later = [s for s in segments if s.start >= segment.end and s.owner != segment.owner]
             if later and later[0] is not segments[-1]:

@@ -1,0 +1,147 @@
+"""What a node tells global ops: the hooks that turn store and replication events into
+Prometheus metrics and OpenTelemetry spans.
+
+Spans of replicated work join the origin's trace: each operation carries the trace
+context of the RPC that made it, so applying it in Tokyo shows up under the span of the
+call made in Vélizy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from opentelemetry.trace import Link, SpanKind, Tracer, get_current_span
+
+from federation.hlc import unpack
+from federation.operations import TICKET_COMMENT, TICKET_CREATE, Operation
+from federation.replicator import PeerState, ReplicationHooks
+from node.clock import Clock
+from node.store import Change
+from ops.metrics import Metrics
+from ops.tracing import (
+    ATTR_OP_ID,
+    ATTR_ORIGIN,
+    ATTR_QUEUE,
+    ATTR_REGION,
+    ATTR_TICKET,
+    extract_context,
+    inject_context,
+)
+
+MAX_LINKS = 32
+
+
+class NodeObserver:
+    def __init__(self, region: str, metrics: Metrics, tracer: Tracer, clock: Clock) -> None:
+        self.region = region
+        self.metrics = metrics
+        self.tracer = tracer
+        self._clock = clock
+
+    # ----- RPCs --------------------------------------------------------------------------
+
+    def trace_carrier(self) -> dict[str, str]:
+        """The current span's context, stored in the operation the RPC writes."""
+        span = get_current_span()
+        return inject_context(span) if span.get_span_context().is_valid else {}
+
+    # ----- the store ---------------------------------------------------------------------
+
+    def on_commit(self, batch: int, seconds: float) -> None:
+        self.metrics.store_commit_seconds.observe(seconds)
+        self.metrics.store_commit_batch_size.observe(batch)
+
+    def on_commit_spans(
+        self, traces: list[Mapping[str, str]], start_ns: int, end_ns: int, batch: int
+    ) -> None:
+        """One ``store.commit`` span per traced write of a group, sharing its timing."""
+        for carrier in traces:
+            if not carrier:
+                continue
+            span = self.tracer.start_span(
+                "store.commit",
+                context=extract_context(carrier),
+                start_time=start_ns,
+                attributes={ATTR_REGION: self.region, "sundesk.batch_size": batch},
+            )
+            span.end(end_time=end_ns)
+
+    def on_skew(self, remote: int, local_ms: int) -> None:
+        self.metrics.hlc_skew_rejections_total.inc()
+
+    def on_changes(self, changes: list[Change]) -> None:
+        for change in changes:
+            op = change.op
+            if op.kind == TICKET_CREATE:
+                self.metrics.tickets_created_total.labels(
+                    queue=str(op.fields.get("queue", ""))
+                ).inc()
+            elif op.kind == TICKET_COMMENT:
+                self.metrics.comments_total.inc()
+            transition = op.fields.get("transition")
+            if isinstance(transition, dict):
+                self.metrics.transitions_total.labels(
+                    from_state=str(transition.get("from", "")),
+                    to_state=str(transition.get("to", "")),
+                ).inc()
+
+    # ----- replication -------------------------------------------------------------------
+
+    def replication_hooks(self) -> ReplicationHooks:
+        return ReplicationHooks(on_applied=self.on_applied, on_peer=self.on_peer)
+
+    def on_applied(self, peer: str, ops: list[Operation]) -> None:
+        now_ms = self._clock.now().timestamp() * 1000
+        speed = self._clock.speed()
+        end_ns = time.time_ns()
+        for op in ops:
+            wall_ms, _ = unpack(op.hlc)
+            lag = max(0.0, (now_ms - wall_ms) / 1000 / speed)
+            self.metrics.replication_lag_seconds.labels(origin=op.origin).observe(lag)
+            self.metrics.replication_applied_total.labels(origin=op.origin).inc()
+            if op.trace_context:
+                span = self.tracer.start_span(
+                    "replication.apply",
+                    context=extract_context(op.trace_context),
+                    kind=SpanKind.CONSUMER,
+                    start_time=end_ns - int(lag * 1e9),
+                    attributes={
+                        ATTR_REGION: self.region,
+                        ATTR_ORIGIN: op.origin,
+                        ATTR_TICKET: op.ticket,
+                        ATTR_OP_ID: op.op_id,
+                        ATTR_QUEUE: str(op.fields.get("queue", "")),
+                        "sundesk.peer": peer,
+                    },
+                )
+                span.end(end_time=end_ns)
+        self.metrics.replication_batches_total.labels(peer=peer).inc()
+
+    def on_peer(self, peer: PeerState) -> None:
+        self.metrics.replication_peer_connected.labels(peer=peer.region).set(
+            1 if peer.connected else 0
+        )
+
+    def set_backlog(self, backlog: Mapping[str, int]) -> None:
+        for peer, value in backlog.items():
+            self.metrics.replication_backlog.labels(peer=peer).set(value)
+
+    def on_send(self, peer: str, ops: list[Operation]) -> None:
+        """A ``replication.send`` span per batch, linked to the traces it carries."""
+        links = [
+            Link(get_current_span(extract_context(op.trace_context)).get_span_context())
+            for op in ops[:MAX_LINKS]
+            if op.trace_context
+        ]
+        span = self.tracer.start_span(
+            "replication.send",
+            kind=SpanKind.PRODUCER,
+            links=links,
+            attributes={
+                ATTR_REGION: self.region,
+                "sundesk.peer": peer,
+                "sundesk.batch_size": len(ops),
+            },
+        )
+        span.end()
