@@ -7,10 +7,11 @@ are a JSON object; its canonical encoding is what is stored, hashed and signed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 TICKET_CREATE = "ticket.create"
 TICKET_UPDATE = "ticket.update"
@@ -19,8 +20,13 @@ TICKET_KINDS = frozenset({TICKET_CREATE, TICKET_UPDATE, TICKET_COMMENT})
 
 
 def canonical_json(value: Any) -> bytes:
-    """The one encoding of a JSON value: sorted keys, no spaces, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The one encoding of a JSON value: sorted keys, no spaces, UTF-8.
+
+    orjson writes exactly what ``json.dumps(sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)`` writes for our values, about ten times faster; it is on the hot
+    path of every write (the operation and the ticket are both encoded).
+    """
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,6 +255,10 @@ def _health_servicer() -> health.aio.HealthServicer:
 
 
 async def run_node(config: FederationConfig, options: NodeOptions, clock: Clock | None) -> None:
+    # The store's writer thread and the gRPC loop share the GIL. The default 5 ms switch
+    # interval makes each wait for the other in long slices; 0.5 ms keeps replies flowing
+    # while a group is being written.
+    sys.setswitchinterval(0.0005)
     node = Node(config, options, clock)
     await node.start()
     await node.run_until_signal()

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from federation.hlc import HybridClock
 from federation.merge import ReplicatedTicket, apply_in_place, node_digest
 from federation.operations import TICKET_CREATE, Operation, canonical_json
@@ -64,6 +66,10 @@ CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, code TEXT NOT 
 
 MAX_GROUP = 512
 _STOP = object()
+
+
+class _WriteFailed(Exception):
+    """A write failed after its rules passed: the group must be redone job by job."""
 
 
 @dataclass
@@ -220,27 +226,50 @@ class SqliteTicketStore:
             if stop:
                 return
 
-    def _run_group(self, jobs: list[_Job]) -> None:
+    def _run_group(self, jobs: list[_Job], savepoints: bool = False) -> None:
+        """Run a group of jobs in one transaction and commit it once.
+
+        Rules reject bad requests before anything is written, so the fast path needs no
+        savepoints. If a write itself fails, the whole group is rolled back and run again
+        with a savepoint per job, so that only the failing job fails.
+        """
         started = time.perf_counter()
         started_ns = time.time_ns()
         conn = self._wconn
         results: list[_Result] = []
         saved = (dict(self._vv), self._ticket_seq)
+        self._dirty_vv: set[str] = set()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in jobs:
-                conn.execute("SAVEPOINT job")
+                if savepoints:
+                    conn.execute("SAVEPOINT job")
                 before = (dict(self._vv), self._ticket_seq)
                 try:
                     res = self._run_remote(job) if job.build is None else self._run_local(job)
-                    conn.execute("RELEASE job")
-                except Exception as exc:
+                    if savepoints:
+                        conn.execute("RELEASE job")
+                except _WriteFailed as exc:
+                    if not savepoints:
+                        raise
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     self._vv, self._ticket_seq = before
+                    res = _Result(error=StorageError(f"could not write to {self.path}: {exc}"))
+                except Exception as exc:
+                    if savepoints:
+                        conn.execute("RELEASE job")
+                    self._vv, self._ticket_seq = before
                     res = _Result(error=exc)
                 results.append(res)
+            for origin in self._dirty_vv:
+                conn.execute("INSERT OR REPLACE INTO vv VALUES (?, ?)", (origin, self._vv[origin]))
             conn.execute("COMMIT")
+        except _WriteFailed:
+            log.warning("a write failed; retrying the group job by job", exc_info=True)
+            conn.execute("ROLLBACK")
+            self._vv, self._ticket_seq = saved
+            return self._run_group(jobs, savepoints=True)
         except sqlite3.Error as exc:
             log.exception("commit failed")
             if conn.in_transaction:
@@ -295,9 +324,18 @@ class SqliteTicketStore:
                 raise NotFound(f"no ticket {code}; check the code (e.g. VEL-000123)")
             current = TicketView.from_replicated(replicated)
         kind, fields = job.build(current, now)
-        if job.code is None:
-            if kind != TICKET_CREATE:
-                raise InvalidArgument("a new ticket must be created by a create operation")
+        if job.code is None and kind != TICKET_CREATE:
+            raise InvalidArgument("a new ticket must be created by a create operation")
+        try:
+            return self._write_local(job, code, kind, fields, new=current is None)
+        except Exception as exc:
+            raise _WriteFailed(str(exc)) from exc
+
+    def _write_local(
+        self, job: _Job, code: str, kind: str, fields: dict[str, Any], new: bool
+    ) -> _Result:
+        conn = self._wconn
+        if new:
             self._ticket_seq += 1
         seq = self._vv.get(self.region, 0) + 1
         op = Operation(
@@ -309,7 +347,7 @@ class SqliteTicketStore:
             fields=fields,
             trace_context=dict(job.trace),
         )
-        ticket, previous, digest = self._apply(conn, op)
+        ticket, previous, digest = self._apply(conn, op, new=new)
         if job.request_id:
             conn.execute("INSERT INTO requests VALUES (?, ?)", (job.request_id, code))
         view = TicketView.from_replicated(ticket, digest)
@@ -327,14 +365,17 @@ class SqliteTicketStore:
                 # from a well-behaved peer and are skipped until the missing ops arrive.
                 continue
             self.hlc.observe(op.hlc)
-            ticket, previous, digest = self._apply(conn, op)
+            try:
+                ticket, previous, digest = self._apply(conn, op)
+            except Exception as exc:
+                raise _WriteFailed(str(exc)) from exc
             applied.append(op)
             view = TicketView.from_replicated(ticket, digest) if self.want_views else None
             changes.append(Change(op=op, ticket=view, local=False, previous_state=previous))
         return _Result(value=applied, changes=changes)
 
     def _apply(
-        self, conn: sqlite3.Connection, op: Operation
+        self, conn: sqlite3.Connection, op: Operation, new: bool = False
     ) -> tuple[ReplicatedTicket, State | None, str]:
         conn.execute(
             "INSERT INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -349,7 +390,8 @@ class SqliteTicketStore:
                 op.signature,
             ),
         )
-        ticket = self._load(conn, op.ticket) or ReplicatedTicket(code=op.ticket)
+        # A code this node just allocated cannot exist yet: no need to look it up.
+        ticket = (None if new else self._load(conn, op.ticket)) or ReplicatedTicket(op.ticket)
         previous = State(ticket.values["state"]) if ticket.created else None
         apply_in_place(ticket, op)
         values = ticket.values
@@ -369,14 +411,14 @@ class SqliteTicketStore:
                 body,
             ),
         )
-        conn.execute("INSERT OR REPLACE INTO vv VALUES (?, ?)", (op.origin, op.seq))
         self._vv[op.origin] = op.seq
+        self._dirty_vv.add(op.origin)
         return ticket, previous, digest
 
     @staticmethod
     def _load(conn: sqlite3.Connection, code: str) -> ReplicatedTicket | None:
         row = conn.execute("SELECT body FROM tickets WHERE code=?", (code,)).fetchone()
-        return ReplicatedTicket.from_json(json.loads(row[0])) if row else None
+        return ReplicatedTicket.from_json(orjson.loads(row[0])) if row else None
 
     def _load_view(self, conn: sqlite3.Connection, code: str) -> TicketView:
         ticket = self._load(conn, code)
@@ -420,7 +462,7 @@ class SqliteTicketStore:
         more = len(rows) > page_size
         rows = rows[:page_size]
         views = tuple(
-            TicketView.from_replicated(ReplicatedTicket.from_json(json.loads(r[0]))) for r in rows
+            TicketView.from_replicated(ReplicatedTicket.from_json(orjson.loads(r[0]))) for r in rows
         )
         token = _encode_token(rows[-1][1], rows[-1][2]) if more and rows else ""
         return Page(tickets=views, next_token=token, total=total)
@@ -476,8 +518,8 @@ def _op_from_row(row: tuple[Any, ...]) -> Operation:
         hlc=hlc,
         ticket=ticket,
         kind=kind,
-        fields=json.loads(fields),
-        trace_context=json.loads(trace),
+        fields=orjson.loads(fields),
+        trace_context=orjson.loads(trace),
         signature=bytes(signature),
     )
 
@@ -488,7 +530,7 @@ def _encode_token(created_at: str, code: str) -> str:
 
 def _decode_token(token: str) -> tuple[str, str]:
     try:
-        created_at, code = json.loads(base64.urlsafe_b64decode(token.encode()))
+        created_at, code = orjson.loads(base64.urlsafe_b64decode(token.encode()))
         return str(created_at), str(code)
     except (ValueError, TypeError) as exc:
         raise InvalidArgument(
