@@ -39,12 +39,24 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         known_regions: Mapping[str, str],
         trace_carrier: Callable[[], dict[str, str]] = dict,
         replication_info: ReplicationInfo | None = None,
+        change_carrier: Callable[[Mapping[str, str]], dict[str, str]] | None = None,
+        tag_ticket: Callable[[str, str], None] | None = None,
     ) -> None:
         self._store = store
         self._hub = hub
         self._regions = known_regions  # region name -> queue names it homes
         self._carrier = trace_carrier
         self._replication = replication_info or _local_only(store)
+        self._change_carrier = change_carrier
+        self._tag = tag_ticket or (lambda code, queue: None)
+
+    def _trace_for(self, code: str) -> dict[str, str]:
+        """Trace context for a change to ``code``: within the ticket's own trace."""
+        if self._change_carrier is None:
+            return self._carrier()
+        ticket = self._store.get_replicated(code)
+        trace = ticket.values.get("trace") if ticket is not None else None
+        return self._change_carrier(trace if isinstance(trace, dict) else {})
 
     def _to_pb(self, view: TicketView) -> pb.Ticket:
         msg = convert.ticket_to_pb(view)
@@ -67,13 +79,15 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         new = convert.new_ticket_from_pb(request)
         self._check_region(new.home_region, "home region")
         region = self._store.region
+        carrier = self._carrier()
 
         def build(_: TicketView | None, now: datetime) -> tuple[str, dict[str, object]]:
-            return TICKET_CREATE, rules.create_fields(new, region, now)
+            fields = rules.create_fields(new, region, now)
+            fields["trace"] = carrier  # the ticket's trace: later changes join it
+            return TICKET_CREATE, fields
 
-        view, _ = await self._store.write(
-            None, build, self._carrier(), request_id=request.request_id[:100]
-        )
+        view, _ = await self._store.write(None, build, carrier, request_id=request.request_id[:100])
+        self._tag(view.code, view.queue)
         return self._to_pb(view)
 
     async def GetTicket(
@@ -115,7 +129,8 @@ class DeskService(desk_pb2_grpc.DeskServicer):
             assert current is not None
             return TICKET_UPDATE, rules.update_fields(current, change, region, now)
 
-        view, _ = await self._store.write(code, build, self._carrier())
+        view, _ = await self._store.write(code, build, self._trace_for(code))
+        self._tag(view.code, view.queue)
         return self._to_pb(view)
 
     async def AddComment(
@@ -132,7 +147,8 @@ class DeskService(desk_pb2_grpc.DeskServicer):
             )
             return TICKET_COMMENT, fields
 
-        view, _ = await self._store.write(code, build, self._carrier())
+        view, _ = await self._store.write(code, build, self._trace_for(code))
+        self._tag(view.code, view.queue)
         return self._to_pb(view)
 
     async def WatchTickets(

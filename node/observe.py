@@ -46,6 +46,31 @@ class NodeObserver:
         span = get_current_span()
         return inject_context(span) if span.get_span_context().is_valid else {}
 
+    def change_carrier(self, ticket_trace: Mapping[str, str]) -> dict[str, str]:
+        """Context for an operation on an existing ticket: a ``ticket.change`` span in the
+        ticket's own trace (begun when it was created), linked to the current RPC. Every
+        region's apply spans then join that one trace per ticket."""
+        rpc = get_current_span().get_span_context()
+        if not rpc.is_valid:
+            return {}
+        span = self.tracer.start_span(
+            "ticket.change",
+            context=extract_context(ticket_trace) if ticket_trace else None,
+            links=[Link(rpc)],
+            attributes={ATTR_REGION: self.region},
+        )
+        carrier = inject_context(span)
+        span.end()
+        return carrier
+
+    @staticmethod
+    def tag_ticket(code: str, queue: str = "") -> None:
+        span = get_current_span()
+        if span.is_recording():
+            span.set_attribute(ATTR_TICKET, code)
+            if queue:
+                span.set_attribute(ATTR_QUEUE, queue)
+
     # ----- the store ---------------------------------------------------------------------
 
     def on_commit(self, batch: int, seconds: float) -> None:
@@ -71,7 +96,10 @@ class NodeObserver:
         self.metrics.hlc_skew_rejections_total.inc()
 
     def on_changes(self, changes: list[Change]) -> None:
+        """Count what this region did; replicated changes are counted where they were made."""
         for change in changes:
+            if not change.local:
+                continue
             op = change.op
             if op.kind == TICKET_CREATE:
                 self.metrics.tickets_created_total.labels(

@@ -120,6 +120,8 @@ class Node:
             queues,
             trace_carrier=obs.trace_carrier,
             replication_info=self._replication_info,
+            change_carrier=obs.change_carrier if self.options.tracing else None,
+            tag_ticket=obs.tag_ticket,
         )
         interceptors: list[aio.ServerInterceptor] = []
         if self.options.tracing:

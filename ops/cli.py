@@ -17,7 +17,7 @@ import grpc
 
 from node.clock import Clock, ScaledClock, SystemClock
 from node.errors import SundeskError
-from ops import demo, local, ticket_cli
+from ops import certs_cli, demo, local, ops_cli, ticket_cli
 from ops.client import default_node, rpc_error_line
 
 
@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ticket_cli.add_parser(sub, common)
     local.add_parser(sub)
+    ops_cli.add_parser(sub)
+    certs_cli.add_parser(sub)
     demo.add_parser(sub)
 
     p = sub.add_parser("plan", help="who owns each queue, when")

@@ -1,0 +1,133 @@
+"""`sundesk ops ...`: what global ops look at — one ticket's trace, and the federation at a
+glance (health, queue owners, replication lag and backlog between regions)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+
+from node.errors import FailedPrecondition, NotFound
+from ops.collector import SpanStore, render_waterfall, ticket_trace
+from ops.local import DEFAULT_DIR, LocalFederation, pid_alive
+
+
+def _trace_db(args: argparse.Namespace) -> Path:
+    if args.db:
+        return Path(args.db)
+    state = LocalFederation(Path(args.dir)).load()
+    if "collector" not in state:
+        raise FailedPrecondition("this local federation runs without the embedded collector")
+    return Path(state["collector"]["db"])
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    db = _trace_db(args)
+    if not db.exists():
+        raise NotFound(f"no trace database at {db}")
+    store = SpanStore(db)
+    try:
+        trace = ticket_trace(store, args.code.strip().upper())
+    finally:
+        store.close()
+    if not trace["spans"]:
+        raise NotFound(f"no trace recorded for {args.code}; spans reach the collector within ~2 s")
+    if args.json:
+        print(json.dumps(trace, indent=2))
+    else:
+        print(render_waterfall(trace))
+    return 0
+
+
+def gather(base: Path) -> dict[str, Any]:
+    """Everything the status screen shows, from each node's Federation.Status."""
+    fed = LocalFederation(base)
+    state = fed.load()
+    regions: dict[str, Any] = {}
+    for region, info in state["nodes"].items():
+        node = fed.node_process(state, region)
+        st = node.status(timeout=1.0) if pid_alive(info["pid"]) else None
+        regions[region] = {
+            "healthy": st is not None,
+            "tickets": st.tickets if st else None,
+            "digest": st.digest[:12] if st else None,
+            "peers": {
+                p: {"connected": ps.connected, "backlog": ps.backlog}
+                for p, ps in (st.peers.items() if st else [])
+            },
+            "owners": [],
+        }
+    return {"regions": regions, "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def render_status(view: dict[str, Any]) -> Group:
+    regions = view["regions"]
+    health = Table(title=f"Sundesk federation — {view['at']}", show_edge=False)
+    for col in ("region", "health", "tickets", "digest"):
+        health.add_column(col)
+    for region, r in regions.items():
+        health.add_row(
+            region,
+            "[green]up[/green]" if r["healthy"] else "[red]DOWN[/red]",
+            str(r["tickets"] if r["tickets"] is not None else "-"),
+            r["digest"] or "-",
+        )
+    links = Table(title="replication backlog (operations the peer lacks)", show_edge=False)
+    names = list(regions)
+    links.add_column("from \\ to")
+    for name in names:
+        links.add_column(name)
+    for src in names:
+        row = []
+        for dst in names:
+            if src == dst:
+                row.append("·")
+                continue
+            peer = regions[src]["peers"].get(dst)
+            if peer is None:
+                row.append("?")
+            elif not peer["connected"]:
+                row.append(f"[red]cut {peer['backlog']}[/red]")
+            else:
+                row.append(str(peer["backlog"]))
+        links.add_row(src, *row)
+    return Group(health, links)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    base = Path(args.dir)
+    console = Console()
+    if args.json:
+        print(json.dumps(gather(base), indent=2))
+        return 0
+    if not args.watch:
+        console.print(render_status(gather(base)))
+        return 0
+    from rich.live import Live
+
+    with Live(render_status(gather(base)), console=console, refresh_per_second=2) as live:
+        while True:
+            time.sleep(args.interval)
+            live.update(render_status(gather(base)))
+
+
+def add_parser(sub: Any) -> None:
+    ops = sub.add_parser("ops", help="global ops: traces and the federation at a glance")
+    osub = ops.add_subparsers(dest="ops_cmd", required=True, metavar="COMMAND")
+    p = osub.add_parser("trace", help="one ticket's trace as a waterfall")
+    p.add_argument("code")
+    p.add_argument("--db", default="", help="the collector's SQLite file")
+    p.add_argument("--dir", default=str(DEFAULT_DIR), help="local federation directory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_trace)
+    p = osub.add_parser("status", help="health, owners, lag and backlog on one screen")
+    p.add_argument("--dir", default=str(DEFAULT_DIR))
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
