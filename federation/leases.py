@@ -154,7 +154,8 @@ class OwnerDirectory(Protocol):
 class LeaseBackend(OwnerDirectory, Protocol):
     """Every ownership change is one transaction guarded by the owner key's revision."""
 
-    session: Session
+    @property
+    def session(self) -> Session: ...
 
     async def acquire(self, queue: str, kind: str) -> int:
         """Create-if-absent; the new epoch. ``OwnershipConflict`` names the owner."""

@@ -51,7 +51,7 @@ class NodeOptions:
     data_dir: Path = Path("var/node")
     metrics_port: int | None = None
     otlp_endpoint: str | None = None
-    tracing: bool = True
+    observability: bool = True  # RPC metrics and spans, store and replication spans
     peer_addresses: dict[str, str] = field(default_factory=dict)  # overrides, e.g. proxies
     extra_interceptors: list[aio.ServerInterceptor] = field(default_factory=list)
 
@@ -87,7 +87,7 @@ class Node:
         self.tracer_provider = make_tracer_provider(
             self.region.name,
             otlp_endpoint=self.options.otlp_endpoint,
-            enabled=self.options.tracing,
+            enabled=self.options.observability,
         )
         tracer = get_tracer(self.tracer_provider)
         self.observer = obs = NodeObserver(self.region.name, self.metrics, tracer, self.clock)
@@ -99,7 +99,7 @@ class Node:
             max_skew_seconds=self.config.max_clock_skew_seconds,
             on_skew=obs.on_skew,
             on_commit=obs.on_commit,
-            on_commit_spans=obs.on_commit_spans if self.options.tracing else None,
+            on_commit_spans=obs.on_commit_spans if self.options.observability else None,
         )
         self.store.add_listener(self.hub.publish)
         self.store.add_listener(obs.on_changes)
@@ -120,18 +120,18 @@ class Node:
             queues,
             trace_carrier=obs.trace_carrier,
             replication_info=self._replication_info,
-            change_carrier=obs.change_carrier if self.options.tracing else None,
+            change_carrier=obs.change_carrier if self.options.observability else None,
             tag_ticket=obs.tag_ticket,
         )
         interceptors: list[aio.ServerInterceptor] = []
-        if self.options.tracing:
+        if self.options.observability:
             interceptors.append(ObservabilityInterceptor(self.metrics, tracer, self.region.name))
         server = aio.server(
             interceptors=[*interceptors, *self.options.extra_interceptors, ErrorInterceptor()],
             options=server_options(),
         )
         desk_pb2_grpc.add_DeskServicer_to_server(desk, server)
-        on_send = obs.on_send if self.options.tracing else None
+        on_send = obs.on_send if self.options.observability else None
         federation_pb2_grpc.add_FederationServicer_to_server(
             FederationService(self.store, self.signal, self.status, on_batch=on_send), server
         )

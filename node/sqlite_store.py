@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import logging
 import queue
 import sqlite3
@@ -19,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,17 @@ CREATE TABLE IF NOT EXISTS tickets (
 CREATE INDEX IF NOT EXISTS tickets_order ON tickets (created_at, code);
 CREATE INDEX IF NOT EXISTS tickets_queue ON tickets (queue, state);
 CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, code TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    key TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    body BLOB NOT NULL
+);
 """
+
+# Records are the replicated entities that are not tickets (handoffs, notes). They travel
+# in the same operation log and merge by the same rules; their keys never look like codes.
+RecordBuild = Callable[[ReplicatedTicket | None, datetime], tuple[str, dict[str, Any]] | None]
 
 MAX_GROUP = 512
 _STOP = object()
@@ -81,6 +91,7 @@ class _Job:
     trace: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
     remote: Sequence[Operation] = ()
+    record: RecordBuild | None = None
 
 
 @dataclass
@@ -194,6 +205,16 @@ class SqliteTicketStore:
         )
         return result
 
+    async def write_record(
+        self, key: str, build: RecordBuild, trace_context: Mapping[str, str] | None = None
+    ) -> ReplicatedTicket | None:
+        """Like ``write`` for a record; ``build`` may return None to write nothing. Returns
+        the record as it is after the call (None if it still does not exist)."""
+        result: ReplicatedTicket | None = await self._submit(
+            code=key, record=build, trace=dict(trace_context or {})
+        )
+        return result
+
     async def apply_remote(self, ops: Sequence[Operation]) -> list[Operation]:
         applied: list[Operation] = await self._submit(remote=list(ops))
         return applied
@@ -246,7 +267,7 @@ class SqliteTicketStore:
                     conn.execute("SAVEPOINT job")
                 before = (dict(self._vv), self._ticket_seq)
                 try:
-                    res = self._run_remote(job) if job.build is None else self._run_local(job)
+                    res = self._run_job(job)
                     if savepoints:
                         conn.execute("RELEASE job")
                 except _WriteFailed as exc:
@@ -303,6 +324,35 @@ class SqliteTicketStore:
                     listener(changes)
                 except Exception:
                     log.exception("store listener failed")
+
+    def _run_job(self, job: _Job) -> _Result:
+        if job.record is not None:
+            return self._run_record(job)
+        if job.build is None:
+            return self._run_remote(job)
+        return self._run_local(job)
+
+    def _run_record(self, job: _Job) -> _Result:
+        assert job.record is not None and job.code is not None
+        current = self._load_record(self._wconn, job.code)
+        planned = job.record(current, self._clock.now())
+        if planned is None:
+            return _Result(value=current)
+        kind, fields = planned
+        try:
+            op = Operation(
+                origin=self.region,
+                seq=self._vv.get(self.region, 0) + 1,
+                hlc=self.hlc.now(),
+                ticket=job.code,
+                kind=kind,
+                fields=fields,
+                trace_context=dict(job.trace),
+            )
+            record, _, _ = self._apply(self._wconn, op)
+        except Exception as exc:
+            raise _WriteFailed(str(exc)) from exc
+        return _Result(value=record, changes=[Change(op=op, ticket=None, local=True)])
 
     def _run_local(self, job: _Job) -> _Result:
         assert job.build is not None
@@ -377,19 +427,9 @@ class SqliteTicketStore:
     def _apply(
         self, conn: sqlite3.Connection, op: Operation, new: bool = False
     ) -> tuple[ReplicatedTicket, State | None, str]:
-        conn.execute(
-            "INSERT INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                op.origin,
-                op.seq,
-                op.hlc,
-                op.ticket,
-                op.kind,
-                op.fields_json(),
-                json.dumps(dict(op.trace_context)),
-                op.signature,
-            ),
-        )
+        if not op.kind.startswith("ticket."):
+            return self._apply_record(conn, op)
+        self._insert_op(conn, op)
         # A code this node just allocated cannot exist yet: no need to look it up.
         ticket = (None if new else self._load(conn, op.ticket)) or ReplicatedTicket(op.ticket)
         previous = State(ticket.values["state"]) if ticket.created else None
@@ -414,6 +454,57 @@ class SqliteTicketStore:
         self._vv[op.origin] = op.seq
         self._dirty_vv.add(op.origin)
         return ticket, previous, digest
+
+    def _apply_record(
+        self, conn: sqlite3.Connection, op: Operation
+    ) -> tuple[ReplicatedTicket, State | None, str]:
+        self._insert_op(conn, op)
+        record = self._load_record(conn, op.ticket) or ReplicatedTicket(op.ticket)
+        apply_in_place(record, op)
+        body = record.encode()
+        digest = hashlib.sha256(body).hexdigest()
+        conn.execute(
+            "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)",
+            (record.code, str(record.values.get("queue", "")), digest, body),
+        )
+        self._vv[op.origin] = op.seq
+        self._dirty_vv.add(op.origin)
+        return record, None, digest
+
+    @staticmethod
+    def _insert_op(conn: sqlite3.Connection, op: Operation) -> None:
+        conn.execute(
+            "INSERT INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                op.origin,
+                op.seq,
+                op.hlc,
+                op.ticket,
+                op.kind,
+                op.fields_json(),
+                orjson.dumps(dict(op.trace_context)),
+                op.signature,
+            ),
+        )
+
+    @staticmethod
+    def _load_record(conn: sqlite3.Connection, key: str) -> ReplicatedTicket | None:
+        row = conn.execute("SELECT body FROM records WHERE key=?", (key,)).fetchone()
+        return ReplicatedTicket.from_json(orjson.loads(row[0])) if row else None
+
+    def get_record(self, key: str) -> ReplicatedTicket | None:
+        return self._load_record(self._rconn, key)
+
+    def records(self, prefix: str, queue: str = "") -> list[ReplicatedTicket]:
+        sql = "SELECT body FROM records WHERE key >= ? AND key < ?"
+        args: list[Any] = [prefix, prefix + "\uffff"]
+        if queue:
+            sql += " AND queue=?"
+            args.append(queue)
+        return [
+            ReplicatedTicket.from_json(orjson.loads(row[0]))
+            for row in self._rconn.execute(sql, args)
+        ]
 
     @staticmethod
     def _load(conn: sqlite3.Connection, code: str) -> ReplicatedTicket | None:
@@ -487,7 +578,9 @@ class SqliteTicketStore:
         return ops
 
     def digest(self) -> tuple[int, str]:
-        rows = self._rconn.execute("SELECT code, digest FROM tickets").fetchall()
+        rows = self._rconn.execute(
+            "SELECT code, digest FROM tickets UNION ALL SELECT key, digest FROM records"
+        ).fetchall()
         created = self._rconn.execute("SELECT count(*) FROM tickets WHERE created=1").fetchone()
         return int(created[0]), node_digest(rows)
 

@@ -59,6 +59,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir or f"var/{config.region(args.region).name}"),
         metrics_port=args.metrics_port,
         otlp_endpoint=args.otlp_endpoint,
+        observability=not args.no_observability,
         peer_addresses=_peers(args.peer),
     )
     asyncio.run(run_node(config, options, _clock(args)))
@@ -96,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="federation TOML (default: shipped)")
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument("--otlp-endpoint", default=None, help="HOST:PORT of an OTLP/gRPC receiver")
+    p.add_argument(
+        "--no-observability",
+        action="store_true",
+        help="no RPC metrics and no spans (for measuring their cost)",
+    )
     p.add_argument("--clock-start", default="", help="simulated clock start (ISO 8601)")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second")
     p.add_argument(
