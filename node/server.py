@@ -7,6 +7,7 @@ collector may all be unreachable and the node still serves its region.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -20,19 +21,30 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from federation.config import FederationConfig, RegionConfig
+from federation.etcd_leases import EtcdOwnership, EtcdSession
 from federation.replication_service import CommitSignal, FederationService
 from federation.replicator import Replicator
+from federation.sun import SunCoordinator, SunHooks
 from node.clock import Clock, SystemClock
 from node.desk_service import DeskService
-from node.errors import StorageError, Unavailable
+from node.errors import StorageError, SundeskError, Unavailable
 from node.grpc_errors import ErrorInterceptor
+from node.handoff_log import SqliteHandoffLog
 from node.observe import NodeObserver
 from node.sqlite_store import SqliteTicketStore
+from node.sun_service import SunService
 from node.watch import WatchHub
 from ops.interceptors import ObservabilityInterceptor
 from ops.metrics import Metrics
 from ops.tracing import get_tracer, make_tracer_provider, shutdown_tracing
-from sundesk.v1 import desk_pb2, desk_pb2_grpc, federation_pb2, federation_pb2_grpc
+from sundesk.v1 import (
+    desk_pb2,
+    desk_pb2_grpc,
+    federation_pb2,
+    federation_pb2_grpc,
+    sun_pb2,
+    sun_pb2_grpc,
+)
 
 log = logging.getLogger("sundesk.node")
 
@@ -41,6 +53,7 @@ GAUGE_PERIOD = 2.0
 SERVICES = (
     desk_pb2.DESCRIPTOR.services_by_name["Desk"].full_name,
     federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name,
+    sun_pb2.DESCRIPTOR.services_by_name["Sun"].full_name,
 )
 
 
@@ -53,6 +66,8 @@ class NodeOptions:
     otlp_endpoint: str | None = None
     observability: bool = True  # RPC metrics and spans, store and replication spans
     peer_addresses: dict[str, str] = field(default_factory=dict)  # overrides, e.g. proxies
+    etcd_endpoints: tuple[str, ...] | None = None  # None: the federation config's
+    ownership: bool = True  # take part in follow-the-sun queue ownership (needs etcd)
     extra_interceptors: list[aio.ServerInterceptor] = field(default_factory=list)
 
 
@@ -78,6 +93,8 @@ class Node:
         self.store: SqliteTicketStore | None = None
         self.server: aio.Server | None = None
         self.hub = WatchHub()
+        self.coordinator: SunCoordinator | None = None
+        self.session: EtcdSession | None = None
         self._stopping = asyncio.Event()
         self._on_stop: list[Callable[[], object]] = []
 
@@ -131,6 +148,16 @@ class Node:
             options=server_options(),
         )
         desk_pb2_grpc.add_DeskServicer_to_server(desk, server)
+        self.handoffs = SqliteHandoffLog(self.store)
+        self.sun = SunService(
+            self.region.name,
+            self.store,
+            self.handoffs,
+            lambda: self.coordinator,
+            self.clock.now,
+        )
+        self.store.add_listener(self.sun.on_changes)
+        sun_pb2_grpc.add_SunServicer_to_server(self.sun, server)
         on_send = obs.on_send if self.options.observability else None
         federation_pb2_grpc.add_FederationServicer_to_server(
             FederationService(self.store, self.signal, self.status, on_batch=on_send), server
@@ -166,7 +193,78 @@ class Node:
         self.replicator.start()
         self._start_metrics_endpoint()
         self._gauges = asyncio.create_task(self._refresh_gauges())
+        if self.options.ownership:
+            self._ownership = asyncio.create_task(self._join_ownership())
         log.info("region %s serving on %s", self.region.name, self.listen)
+
+    async def _join_ownership(self) -> None:
+        """Open an etcd session and start the coordinator, retrying until etcd answers.
+
+        Tickets are served meanwhile: ownership is the only thing that waits for etcd.
+        """
+        endpoints = self.options.etcd_endpoints or self.config.etcd_endpoints
+        delay = 0.5
+        warned = False
+        while True:
+            session = EtcdSession(
+                list(endpoints),
+                self.region.name,
+                ttl=self.config.lease_ttl_seconds,
+                clock=self.clock,
+                address=self.listen,
+            )
+            try:
+                await session.start()
+                break
+            except SundeskError as exc:
+                if not warned:
+                    log.warning("no etcd yet (%s); queue ownership waits, tickets do not", exc)
+                    warned = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.session = session
+        hooks = SunHooks(
+            on_owner_change=self._owner_changed,
+            on_handoff=lambda rec: self.metrics.handoffs_total.labels(
+                queue=rec.queue, kind=rec.kind
+            ).inc(),
+            on_failover=lambda queue: self.metrics.failovers_total.labels(queue=queue).inc(),
+            on_lease_state=self.metrics.set_lease_state,
+        )
+        coordinator = SunCoordinator(
+            self.region.name,
+            self.config,
+            self.clock,
+            EtcdOwnership(session),
+            self.handoffs,
+            hooks=hooks,
+        )
+        await coordinator.start()
+        self.coordinator = coordinator
+        log.info("region %s joined follow-the-sun ownership via %s", self.region.name, endpoints)
+
+    def _owner_changed(self, queue: str, owner: str | None, kind: str | None, epoch: int) -> None:
+        if owner is None:
+            self.metrics.clear_queue_owner(queue)
+        else:
+            self.metrics.set_queue_owner(queue, owner, kind or "", epoch)
+
+    async def _leave_ownership(self) -> None:
+        task = getattr(self, "_ownership", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.coordinator is not None:
+            # Hand our queues to the next live region so a planned stop leaves no gap;
+            # bounded, because etcd may be the reason we are stopping.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.coordinator.stop(handover=True), 5)
+            self.coordinator = None
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.session.close(), 3)
+            self.session = None
 
     def _start_metrics_endpoint(self) -> None:
         port = self.options.metrics_port
@@ -197,6 +295,7 @@ class Node:
             for name in ("", *SERVICES):
                 await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             self._gauges.cancel()
+            await self._leave_ownership()
             await self.replicator.stop()
             await self.server.stop(grace)
             self.server = None

@@ -60,6 +60,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         otlp_endpoint=args.otlp_endpoint,
         observability=not args.no_observability,
+        etcd_endpoints=tuple(args.etcd.split(",")) if args.etcd else None,
         peer_addresses=_peers(args.peer),
     )
     asyncio.run(run_node(config, options, _clock(args)))
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="federation TOML (default: shipped)")
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument("--otlp-endpoint", default=None, help="HOST:PORT of an OTLP/gRPC receiver")
+    p.add_argument("--etcd", default="", help="etcd endpoints HOST:PORT[,...] (default: config)")
     p.add_argument(
         "--no-observability",
         action="store_true",
