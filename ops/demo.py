@@ -160,9 +160,8 @@ def run(base: Path, seed: int = 7) -> None:
             if crashed and not restarted and time.monotonic() - crash_at > 4:
                 local.start(base, "us")
                 restarted = True
-                say(
-                    f"  {_sim_now(nodes['velizy']):%H:%M}Z  -- the US node is back and catches up --"
-                )
+                back = _sim_now(nodes["velizy"])
+                say(f"  {back:%H:%M}Z  -- the US node is back and catches up --")
             time.sleep(0.25)
         for h in feed.drain():
             if h.escalated_to:
