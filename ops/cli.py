@@ -17,7 +17,7 @@ import grpc
 
 from node.clock import Clock, ScaledClock, SystemClock
 from node.errors import SundeskError
-from ops import certs_cli, demo, local, ops_cli, sun_cli, ticket_cli
+from ops import certs_cli, demo, local, ops_cli, sla_cli, sun_cli, ticket_cli
 from ops.client import default_node, rpc_error_line
 
 
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ticket_cli.add_parser(sub, common)
     sun_cli.add_parser(sub, common)
+    sla_cli.add_parser(sub)
     local.add_parser(sub)
     ops_cli.add_parser(sub)
     certs_cli.add_parser(sub)

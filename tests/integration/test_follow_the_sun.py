@@ -6,19 +6,16 @@ TTLs (real seconds) are short against the plan's shifts.
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import aetcd
 import grpc
 import pytest
 
 from ops.etcd_process import EtcdServer
+from ops.owner_watch import OwnerEvent, OwnerWatcher
 from sundesk.v1 import desk_pb2 as pb
 from sundesk.v1 import sun_pb2 as spb
 from sundesk.v1 import sun_pb2_grpc
@@ -27,57 +24,6 @@ from tests.support.nodes import Federation, NodeProcess, wait_for
 pytestmark = pytest.mark.integration
 
 TTL = 3.0  # the shipped default lease TTL
-
-
-@dataclass
-class OwnerEvent:
-    queue: str
-    kind: str  # "put" or "delete"
-    epoch: int
-    region: str
-
-
-class OwnerWatcher:
-    """Watches /sundesk/owners/ in etcd from a thread of its own."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.host, port = endpoint.rsplit(":", 1)
-        self.port = int(port)
-        self.events: list[OwnerEvent] = []
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10), "owner watch did not start"
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._watch())
-
-    async def _watch(self) -> None:
-        import json
-
-        client = aetcd.Client(host=self.host, port=self.port)
-        watch = await client.watch_prefix(b"/sundesk/owners/")
-        self._ready.set()
-        self._watch_handle = watch
-        try:
-            async for ev in watch:
-                queue = ev.kv.key.decode().rsplit("/", 1)[1]
-                if ev.kind == aetcd.EventKind.PUT:
-                    region = json.loads(ev.kv.value)["region"]
-                    self.events.append(OwnerEvent(queue, "put", ev.kv.mod_revision, region))
-                else:
-                    self.events.append(OwnerEvent(queue, "delete", ev.kv.mod_revision, ""))
-        except Exception:
-            return
-
-    def stop(self) -> None:
-        async def cancel() -> None:
-            await self._watch_handle.cancel()
-
-        asyncio.run_coroutine_threadsafe(cancel(), self._loop).result(5)
-        self._thread.join(5)
 
 
 def sun(node: NodeProcess) -> sun_pb2_grpc.SunStub:
@@ -190,6 +136,7 @@ def settled(office: Federation, etcd: EtcdServer) -> Federation:
             node.start()
         else:
             node.signal(signal.SIGCONT)
+
     def homes_hold_their_queues() -> bool:
         seen = owners(office.node("uk"))
         return all(seen.get(q, ("", 0))[0] == q for q in ("velizy", "germany"))
