@@ -50,6 +50,7 @@ class PeerState:
     batches: int = 0
     caught_up: bool = False
     last_seen: float = 0.0
+    lag_seconds: float = 0.0  # origin commit to apply here, for the last op applied
     updates: asyncio.Queue[fpb.PullRequest] = field(default_factory=asyncio.Queue)
 
 
@@ -172,6 +173,9 @@ class Replicator:
             peer.applied += len(applied)
             peer.batches += 1
             if applied:
+                wall_ms = applied[-1].hlc >> 16
+                now_ms = self._clock.now().timestamp() * 1000
+                peer.lag_seconds = max(0.0, (now_ms - wall_ms) / 1000 / self._clock.speed())
                 self._hooks.on_applied(peer.region, applied)
         self._hooks.on_peer(peer)
 

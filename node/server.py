@@ -335,6 +335,7 @@ class Node:
                     version_vector=peer.vv,
                     backlog=self.replicator.backlog(name),
                     applied=peer.applied,
+                    lag_seconds=peer.lag_seconds,
                 )
             )
         return msg

@@ -9,12 +9,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 from rich.console import Console, Group
 from rich.table import Table
 
 from node.errors import FailedPrecondition, NotFound
+from ops.client import Client
 from ops.collector import SpanStore, render_waterfall, ticket_trace
 from ops.local import DEFAULT_DIR, LocalFederation, pid_alive
+from sundesk.v1 import sun_pb2 as spb
+from sundesk.v1 import sun_pb2_grpc
 
 
 def _trace_db(args: argparse.Namespace) -> Path:
@@ -57,12 +61,39 @@ def gather(base: Path) -> dict[str, Any]:
             "tickets": st.tickets if st else None,
             "digest": st.digest[:12] if st else None,
             "peers": {
-                p: {"connected": ps.connected, "backlog": ps.backlog}
+                p: {"connected": ps.connected, "backlog": ps.backlog, "lag": ps.lag_seconds}
                 for p, ps in (st.peers.items() if st else [])
             },
-            "owners": [],
         }
-    return {"regions": regions, "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    owners: list[dict[str, Any]] = []
+    lease = ""
+    for region, r in regions.items():
+        if not r["healthy"]:
+            continue
+        try:
+            with Client(state["nodes"][region]["address"]) as c:
+                sun = sun_pb2_grpc.SunStub(c.channel).GetStatus(spb.SunStatusRequest(), timeout=2)
+        except grpc.RpcError:
+            continue
+        lease = f"{region}: lease {sun.lease_state}, clock {sun.now}"
+        owners = [
+            {
+                "queue": q.queue,
+                "owner": q.owner,
+                "kind": q.kind,
+                "epoch": q.epoch,
+                "since": q.since,
+                "next": f"{q.next_owner} at {q.next_at}" if q.next_owner else "",
+            }
+            for q in sun.queues
+        ]
+        break
+    return {
+        "regions": regions,
+        "owners": owners,
+        "seen_by": lease,
+        "at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def render_status(view: dict[str, Any]) -> Group:
@@ -77,7 +108,23 @@ def render_status(view: dict[str, Any]) -> Group:
             str(r["tickets"] if r["tickets"] is not None else "-"),
             r["digest"] or "-",
         )
-    links = Table(title="replication backlog (operations the peer lacks)", show_edge=False)
+    owners = Table(
+        title=f"queue owners ({view.get('seen_by') or 'no etcd session'})", show_edge=False
+    )
+    for col in ("queue", "owner", "kind", "epoch", "since", "next handoff"):
+        owners.add_column(col)
+    for o in view.get("owners", []):
+        owners.add_row(
+            o["queue"],
+            o["owner"] or "[red]none[/red]",
+            o["kind"],
+            str(o["epoch"]),
+            o["since"],
+            o["next"],
+        )
+    links = Table(
+        title="replication: lag (s) / backlog (ops the peer lacks), row → column", show_edge=False
+    )
     names = list(regions)
     links.add_column("from \\ to")
     for name in names:
@@ -94,9 +141,11 @@ def render_status(view: dict[str, Any]) -> Group:
             elif not peer["connected"]:
                 row.append(f"[red]cut {peer['backlog']}[/red]")
             else:
-                row.append(str(peer["backlog"]))
+                # src's view of dst: dst's backlog, and the lag of dst's changes at src
+                lag = regions[src]["peers"][dst]["lag"]
+                row.append(f"{lag:.3f} / {peer['backlog']}")
         links.add_row(src, *row)
-    return Group(health, links)
+    return Group(health, owners, links)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -1,0 +1,85 @@
+"""CreateTicket throughput with tracing and metrics on against off, side by side.
+
+Two real node processes: one with observability on (RPC metrics and spans, store and
+replication spans, exported over OTLP to the embedded collector), one started with
+``--no-observability``. Rounds alternate between them in one run.
+
+Run: ``.venv/bin/python -m bench.observability [--seconds 5 --rounds 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.create_ticket import measure
+from bench.load import median
+from federation.config import load_config
+from ops.processes import ROOT, NodeProcess, free_ports, wait_for
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--in-flight", type=int, default=64)
+    args = parser.parse_args()
+    on_port, off_port, collector_port = free_ports(3)
+    with tempfile.TemporaryDirectory(prefix="sundesk-bench-") as tmp:
+        base = Path(tmp)
+        collector = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ops.collector",
+                "--db",
+                str(base / "traces.db"),
+                "--listen",
+                f"127.0.0.1:{collector_port}",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for("collector", (base / "traces.db").exists)
+        nodes = {}
+        for name, port, extra in (
+            ("on", on_port, ["--otlp-endpoint", f"127.0.0.1:{collector_port}"]),
+            ("off", off_port, ["--no-observability"]),
+        ):
+            config = load_config(None).with_addresses({"velizy": f"127.0.0.1:{port}"})
+            path = base / f"{name}.toml"
+            path.write_text(config.to_toml())
+            nodes[name] = NodeProcess(
+                "velizy",
+                f"127.0.0.1:{port}",
+                base / name,
+                path,
+                base / f"{name}.log",
+                extra_args=[*extra, "--metrics-port", "0"],
+            ).start()
+        rates: dict[str, list[float]] = {"on": [], "off": []}
+        try:
+            for r in range(args.rounds):
+                for name in ("off", "on"):
+                    result = asyncio.run(measure(nodes[name].address, args.in_flight, args.seconds))
+                    rates[name].append(result.rate)
+                    print(f"round {r + 1}: observability {name:3}  {result.summary()}")
+        finally:
+            for node in nodes.values():
+                node.terminate()
+            collector.terminate()
+            collector.wait(10)
+    on, off = median(rates["on"]), median(rates["off"])
+    print(
+        f"median with tracing+metrics {on:.0f}/s, without {off:.0f}/s: "
+        f"overhead {(1 - on / off) * 100:.1f}% (target <= 10%)"
+    )
+
+
+if __name__ == "__main__":
+    main()
