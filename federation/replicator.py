@@ -70,7 +70,7 @@ class Replicator:
         peers: Mapping[str, str],
         clock: Clock,
         hooks: ReplicationHooks | None = None,
-        max_batch: int = 500,
+        max_batch: int = 2000,
         seed: int | None = None,
     ) -> None:
         self._store = store

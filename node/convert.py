@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import lru_cache
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -124,12 +125,28 @@ def change_from_pb(req: pb.UpdateTicketRequest) -> TicketChange:
     )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@lru_cache(maxsize=4096)
+def _seconds_nanos(text: str) -> tuple[int, int]:
+    """``Timestamp.FromDatetime(parse_iso(text))`` as (seconds, nanos), without the
+    datetime round trip on repeats: every reply carries a few of these, and writes in the
+    same millisecond share them."""
+    delta = parse_iso(text) - _EPOCH
+    return delta.days * 86400 + delta.seconds, delta.microseconds * 1000
+
+
 def _ts(text: str) -> Timestamp | None:
     if not text:
         return None
-    ts = Timestamp()
-    ts.FromDatetime(parse_iso(text))
-    return ts
+    seconds, nanos = _seconds_nanos(text)
+    return Timestamp(seconds=seconds, nanos=nanos)
+
+
+def _set_ts(field: Timestamp, text: str) -> None:
+    if text:
+        field.seconds, field.nanos = _seconds_nanos(text)
 
 
 def ts_to_iso(ts: Timestamp) -> str:
@@ -163,19 +180,19 @@ def ticket_to_pb(t: TicketView) -> pb.Ticket:
         reopen_count=t.reopen_count,
         digest=t.digest,
         source=t.source,
-        labels=t.labels,
     )
-    for name in (
-        "created_at",
-        "updated_at",
-        "first_response_at",
-        "resolved_at",
-        "response_due",
-        "resolution_due",
-    ):
-        ts = _ts(getattr(t, name))
-        if ts is not None:
-            getattr(msg, name).CopyFrom(ts)
+    if t.labels:  # even an empty map costs as much to set as the rest of the message
+        msg.labels.update(t.labels)
+    _set_ts(msg.created_at, t.created_at)
+    _set_ts(msg.updated_at, t.updated_at)
+    if t.first_response_at:
+        _set_ts(msg.first_response_at, t.first_response_at)
+    if t.resolved_at:
+        _set_ts(msg.resolved_at, t.resolved_at)
+    if t.response_due:
+        _set_ts(msg.response_due, t.response_due)
+    if t.resolution_due:
+        _set_ts(msg.resolution_due, t.resolution_due)
     for c in t.comments:
         msg.comments.add(
             id=c.id,

@@ -61,9 +61,11 @@ class DeskService(desk_pb2_grpc.DeskServicer):
     def _to_pb(self, view: TicketView) -> pb.Ticket:
         msg = convert.ticket_to_pb(view)
         applied, missing, vv = self._replication(view.last_change_id)
-        msg.replication.applied_in.extend(applied)
-        msg.replication.missing_in.extend(missing)
-        msg.replication.version_vector.update(vv)
+        replication = msg.replication
+        replication.applied_in.extend(applied)
+        if missing:
+            replication.missing_in.extend(missing)
+        replication.version_vector.update(vv)
         return msg
 
     def _check_region(self, name: str, what: str) -> None:

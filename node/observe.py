@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
-from opentelemetry.trace import Link, SpanKind, Tracer, get_current_span
+from opentelemetry.trace import Link, NoOpTracer, SpanKind, Tracer, get_current_span
 
 from federation.hlc import unpack
 from federation.operations import TICKET_COMMENT, TICKET_CREATE, Operation
@@ -38,6 +39,12 @@ class NodeObserver:
         self.metrics = metrics
         self.tracer = tracer
         self._clock = clock
+        # Without an exporter the tracer is a no-op: skip building spans per applied op.
+        self._spans = not isinstance(tracer, NoOpTracer)
+        # Metric children by label values: ``labels()`` costs more than the increment, and
+        # ``on_changes`` runs for every write.
+        self._created: dict[str, Any] = {}
+        self._transitions: dict[tuple[str, str], Any] = {}
 
     # ----- RPCs --------------------------------------------------------------------------
 
@@ -102,17 +109,24 @@ class NodeObserver:
                 continue
             op = change.op
             if op.kind == TICKET_CREATE:
-                self.metrics.tickets_created_total.labels(
-                    queue=str(op.fields.get("queue", ""))
-                ).inc()
+                queue = str(op.fields.get("queue", ""))
+                created = self._created.get(queue)
+                if created is None:
+                    created = self._created[queue] = self.metrics.tickets_created_total.labels(
+                        queue=queue
+                    )
+                created.inc()
             elif op.kind == TICKET_COMMENT:
                 self.metrics.comments_total.inc()
             transition = op.fields.get("transition")
             if isinstance(transition, dict):
-                self.metrics.transitions_total.labels(
-                    from_state=str(transition.get("from", "")),
-                    to_state=str(transition.get("to", "")),
-                ).inc()
+                key = (str(transition.get("from", "")), str(transition.get("to", "")))
+                moved = self._transitions.get(key)
+                if moved is None:
+                    moved = self._transitions[key] = self.metrics.transitions_total.labels(
+                        from_state=key[0], to_state=key[1]
+                    )
+                moved.inc()
 
     # ----- replication -------------------------------------------------------------------
 
@@ -128,7 +142,7 @@ class NodeObserver:
             lag = max(0.0, (now_ms - wall_ms) / 1000 / speed)
             self.metrics.replication_lag_seconds.labels(origin=op.origin).observe(lag)
             self.metrics.replication_applied_total.labels(origin=op.origin).inc()
-            if op.trace_context:
+            if op.trace_context and self._spans:
                 span = self.tracer.start_span(
                     "replication.apply",
                     context=extract_context(op.trace_context),

@@ -1,9 +1,17 @@
 """SQLite implementation of ``TicketStore``: WAL mode, group commit, fsync before the reply.
 
-One writer thread owns the write connection. Concurrent writes queue up; the writer
-takes everything waiting, runs each under a savepoint (a failing one is rolled back
-alone), then commits once — one fsync for the whole group — and only then resolves the
-callers' futures. Reads use their own connection and see committed data only.
+Writes are grouped: while one group's COMMIT (its fsync) runs, the writes that arrive
+queue up, and the next group takes them all — one fsync for the whole group. The callers'
+futures are resolved only once their group's COMMIT has returned.
+
+A group's statements run on the event loop's thread; only the COMMIT runs on the
+committer thread, where SQLite releases the GIL for the fsync. Running the Python work of
+the writes on a second thread made it fight the loop for the GIL (every statement gives
+the GIL up and must wait to get it back), which cost more than the work itself. The one
+write connection is touched by one thread at a time: the loop until the group is ready,
+then the committer until COMMIT returns; no new group starts before that.
+
+Reads use their own connection and see committed data only.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +93,6 @@ class _WriteFailed(Exception):
 
 @dataclass
 class _Job:
-    loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     code: str | None = None
     build: Build | None = None
@@ -94,11 +102,49 @@ class _Job:
     record: RecordBuild | None = None
 
 
+# Tickets by (state, queue, tier), the gauge global ops watch.
+CountKey = tuple[str, str, str]
+
+
 @dataclass
 class _Result:
     value: Any = None
     error: BaseException | None = None
     changes: list[Change] = field(default_factory=list)
+    counts: list[tuple[CountKey | None, CountKey | None]] = field(default_factory=list)
+
+
+class _Committer:
+    """The thread that runs COMMIT, so the loop keeps serving while the disk syncs."""
+
+    def __init__(self, conn: sqlite3.Connection, name: str) -> None:
+        self._conn = conn
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def commit(
+        self, loop: asyncio.AbstractEventLoop, done: Callable[[sqlite3.Error | None], None]
+    ) -> None:
+        """COMMIT now; then ``done(None)``, or ``done(error)``, on ``loop``."""
+        self._requests.put((loop, done))
+
+    def _run(self) -> None:
+        while True:
+            request = self._requests.get()
+            if request is _STOP:
+                return
+            loop, done = request
+            error: sqlite3.Error | None = None
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                error = exc
+            loop.call_soon_threadsafe(done, error)
+
+    def stop(self) -> None:
+        self._requests.put(_STOP)
+        self._thread.join()
 
 
 def open_database(path: Path) -> sqlite3.Connection:
@@ -156,16 +202,21 @@ class SqliteTicketStore:
         self._vv: dict[str, int] = dict(self._wconn.execute("SELECT origin, seq FROM vv"))
         self._committed_vv = dict(self._vv)  # what readers may see: durable only
         self._ticket_seq = self._load_ticket_seq()
+        self._counts = self._load_counts()
+        self._job_counts: list[tuple[CountKey | None, CountKey | None]] = []
         # Start the HLC above every stamp already logged: a wall clock that went back while
         # the node was down must not reorder this origin's operations.
         (last_hlc,) = self._wconn.execute("SELECT coalesce(max(hlc), 0) FROM ops").fetchone()
         self.hlc = HybridClock(clock, max_skew_seconds, on_skew, start=int(last_hlc))
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._listeners: list[Callable[[list[Change]], None]] = []
         self.want_views = False
         self._closed = False
-        self._thread = threading.Thread(target=self._writer, name=f"store-{region}", daemon=True)
-        self._thread.start()
+        self._pending: list[_Job] = []  # waiting for the next group
+        self._busy = False  # a group is running or committing
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._dirty_vv: set[str] = set()
+        self._committer = _Committer(self._wconn, f"store-commit-{region}")
 
     # ----- setup -------------------------------------------------------------------------
 
@@ -186,6 +237,15 @@ class SqliteTicketStore:
             (prefix, prefix[:-1] + "."),
         ).fetchone()
         return int(row[0][len(prefix) :]) if row and row[0] else 0
+
+    def _load_counts(self) -> dict[CountKey, int]:
+        counts: dict[CountKey, int] = {}
+        for state, q, tier in self._wconn.execute(
+            "SELECT state, queue, json_extract(body, '$.values.tier') FROM tickets WHERE created=1"
+        ):
+            key = (state, q, tier or "none")
+            counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def add_listener(self, listener: Callable[[list[Change]], None]) -> None:
         """Called on the event loop after every durable commit, with what it changed."""
@@ -223,51 +283,61 @@ class SqliteTicketStore:
         if self._closed:
             raise StorageError("the store is closed")
         loop = asyncio.get_running_loop()
-        job = _Job(loop=loop, future=loop.create_future(), **kw)
-        self._queue.put(job)
+        job = _Job(future=loop.create_future(), **kw)
+        self._pending.append(job)
+        if not self._busy:
+            # Start on the next turn of the loop: writes arriving meanwhile join the group.
+            self._busy = True
+            self._idle.clear()
+            loop.call_soon(self._start_group)
         return await job.future
 
-    def _writer(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            jobs: list[_Job] = [first]
-            stop = False
-            while len(jobs) < MAX_GROUP:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                jobs.append(nxt)
-            self._run_group(jobs)
-            if stop:
-                return
+    def _start_group(self) -> None:
+        jobs = self._pending[:MAX_GROUP]
+        del self._pending[:MAX_GROUP]
+        started = time.perf_counter()
+        started_ns = time.time_ns()
+        saved = (dict(self._vv), self._ticket_seq)
+        try:
+            results, ready = self._run_group(jobs)
+        except Exception as exc:  # a bug: fail this group, keep the store usable
+            log.exception("write group failed")
+            if self._wconn.in_transaction:
+                self._wconn.execute("ROLLBACK")
+            self._vv, self._ticket_seq = saved
+            results, ready = [_Result(error=exc) for _ in jobs], False
+        if ready:
+            self._committer.commit(
+                jobs[0].future.get_loop(),
+                partial(self._committed, jobs, results, saved, started, started_ns),
+            )
+        else:  # the transaction failed before COMMIT and was rolled back
+            self._finish(jobs, results, started, started_ns)
 
-    def _run_group(self, jobs: list[_Job], savepoints: bool = False) -> None:
-        """Run a group of jobs in one transaction and commit it once.
+    def _run_group(self, jobs: list[_Job], savepoints: bool = False) -> tuple[list[_Result], bool]:
+        """Run a group of jobs in one transaction and leave it open for the committer.
+
+        Returns one result per job and whether the transaction is ready to commit (False:
+        it failed and was rolled back, and every result is that failure).
 
         Rules reject bad requests before anything is written, so the fast path needs no
         savepoints. If a write itself fails, the whole group is rolled back and run again
         with a savepoint per job, so that only the failing job fails.
         """
-        started = time.perf_counter()
-        started_ns = time.time_ns()
         conn = self._wconn
         results: list[_Result] = []
         saved = (dict(self._vv), self._ticket_seq)
-        self._dirty_vv: set[str] = set()
+        self._dirty_vv = set()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in jobs:
                 if savepoints:
                     conn.execute("SAVEPOINT job")
                 before = (dict(self._vv), self._ticket_seq)
+                self._job_counts = []
                 try:
                     res = self._run_job(job)
+                    res.counts = self._job_counts
                     if savepoints:
                         conn.execute("RELEASE job")
                 except _WriteFailed as exc:
@@ -285,33 +355,68 @@ class SqliteTicketStore:
                 results.append(res)
             for origin in self._dirty_vv:
                 conn.execute("INSERT OR REPLACE INTO vv VALUES (?, ?)", (origin, self._vv[origin]))
-            conn.execute("COMMIT")
         except _WriteFailed:
             log.warning("a write failed; retrying the group job by job", exc_info=True)
             conn.execute("ROLLBACK")
             self._vv, self._ticket_seq = saved
             return self._run_group(jobs, savepoints=True)
         except sqlite3.Error as exc:
-            log.exception("commit failed")
+            log.exception("write failed")
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._vv, self._ticket_seq = saved
             err = StorageError(f"could not write to {self.path}: {exc}")
+            return [_Result(error=err) for _ in jobs], False
+        return results, True
+
+    def _committed(
+        self,
+        jobs: list[_Job],
+        results: list[_Result],
+        saved: tuple[dict[str, int], int],
+        started: float,
+        started_ns: int,
+        error: sqlite3.Error | None,
+    ) -> None:
+        if error is not None:
+            log.error("commit failed: %s", error)
+            if self._wconn.in_transaction:
+                self._wconn.execute("ROLLBACK")
+            self._vv, self._ticket_seq = saved
+            err = StorageError(f"could not write to {self.path}: {error}")
             results = [_Result(error=err) for _ in jobs]
-        elapsed = time.perf_counter() - started
-        if self._on_commit is not None:
-            self._on_commit(len(jobs), elapsed)
-        if self._on_commit_spans is not None:
-            traced = [j.trace for j, r in zip(jobs, results, strict=True) if r.error is None]
-            self._on_commit_spans(traced, started_ns, time.time_ns(), len(jobs))
-        loop = jobs[0].loop
-        loop.call_soon_threadsafe(self._deliver, jobs, results, dict(self._vv))
+        self._finish(jobs, results, started, started_ns)
+
+    def _finish(
+        self, jobs: list[_Job], results: list[_Result], started: float, started_ns: int
+    ) -> None:
+        try:
+            if self._on_commit is not None:
+                self._on_commit(len(jobs), time.perf_counter() - started)
+            if self._on_commit_spans is not None:
+                traced = [j.trace for j, r in zip(jobs, results, strict=True) if r.error is None]
+                self._on_commit_spans(traced, started_ns, time.time_ns(), len(jobs))
+        except Exception:
+            log.exception("commit hook failed")
+        self._deliver(jobs, results, dict(self._vv))
+        if self._pending:
+            # After the replies just released have gone out, not before them.
+            jobs[0].future.get_loop().call_soon(self._start_group)
+        else:
+            self._busy = False
+            self._idle.set()
 
     def _deliver(self, jobs: list[_Job], results: list[_Result], vv: dict[str, int]) -> None:
         self._committed_vv = vv
         changes: list[Change] = []
+        counts = self._counts
         for job, res in zip(jobs, results, strict=True):
             changes.extend(res.changes)
+            for old, new in res.counts:
+                if old is not None:
+                    counts[old] = counts.get(old, 0) - 1
+                if new is not None:
+                    counts[new] = counts.get(new, 0) + 1
             if job.future.done():
                 continue
             if res.error is not None:
@@ -417,10 +522,16 @@ class SqliteTicketStore:
             self.hlc.observe(op.hlc)
             try:
                 ticket, previous, digest = self._apply(conn, op)
+                # Records (handoffs, notes) are not tickets: watchers get no view of them.
+                view = (
+                    TicketView.from_replicated(ticket, digest)
+                    if self.want_views and op.kind.startswith("ticket.")
+                    else None
+                )
             except Exception as exc:
+                # Part of the batch may be written: roll it back with the savepoint path.
                 raise _WriteFailed(str(exc)) from exc
             applied.append(op)
-            view = TicketView.from_replicated(ticket, digest) if self.want_views else None
             changes.append(Change(op=op, ticket=view, local=False, previous_state=previous))
         return _Result(value=applied, changes=changes)
 
@@ -433,8 +544,10 @@ class SqliteTicketStore:
         # A code this node just allocated cannot exist yet: no need to look it up.
         ticket = (None if new else self._load(conn, op.ticket)) or ReplicatedTicket(op.ticket)
         previous = State(ticket.values["state"]) if ticket.created else None
+        counted = _count_key(ticket.values) if ticket.created else None
         apply_in_place(ticket, op)
         values = ticket.values
+        self._job_counts.append((counted, _count_key(values) if ticket.created else None))
         body = ticket.encode()
         digest = hashlib.sha256(body).hexdigest()
         conn.execute(
@@ -584,23 +697,24 @@ class SqliteTicketStore:
         created = self._rconn.execute("SELECT count(*) FROM tickets WHERE created=1").fetchone()
         return int(created[0]), node_digest(rows)
 
-    def ticket_counts(self) -> dict[tuple[str, str, str], int]:
-        counts: dict[tuple[str, str, str], int] = {}
-        for state, q, body in self._rconn.execute(
-            "SELECT state, queue, json_extract(body, '$.values.tier') FROM tickets WHERE created=1"
-        ):
-            key = (state, q, body or "none")
-            counts[key] = counts.get(key, 0) + 1
-        return counts
+    def ticket_counts(self) -> dict[CountKey, int]:
+        """Durable tickets by (state, queue, tier). Kept up to date at each commit rather
+        than counted: a scan of every ticket every few seconds stalls the loop on a big
+        desk."""
+        return {key: n for key, n in self._counts.items() if n}
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
+        await self._idle.wait()
+        await asyncio.to_thread(self._committer.stop)
         self._wconn.close()
         self._rconn.close()
+
+
+def _count_key(values: Mapping[str, Any]) -> CountKey:
+    return (values.get("state", ""), values.get("queue", ""), values.get("tier") or "none")
 
 
 def _op_from_row(row: tuple[Any, ...]) -> Operation:

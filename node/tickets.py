@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from federation.merge import ReplicatedTicket
@@ -45,10 +46,24 @@ class Role(StrEnum):
     SYSTEM = "system"
 
 
+# Enum members by value: a dict lookup is several times cheaper than calling the enum,
+# and views are built for every ticket a node returns. Unknown values still go through
+# the enum, which raises.
+_KINDS: dict[str, Kind] = {k.value: k for k in Kind}
+_STATES: dict[str, State] = {s.value: s for s in State}
+_TIERS: dict[str, Tier] = {t.value: t for t in Tier}
+
+
 def iso(instant: datetime) -> str:
     """UTC instant as ISO 8601 with milliseconds and a Z: sortable as text."""
-    utc = instant.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    utc = instant if instant.tzinfo is UTC else instant.astimezone(UTC)
+    if utc.year < 1000:  # strftime does not pad such years; keep its exact text
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    # The same text as strftime, written directly: it is on the path of every write.
+    return (
+        f"{utc.year}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+        f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_iso(text: str) -> datetime:
@@ -128,41 +143,49 @@ class TicketView:
     @classmethod
     def from_replicated(cls, t: ReplicatedTicket, digest: str = "") -> TicketView:
         v = t.values
-        tier = v.get("tier") or ""
+        get = v.get
+        kind = get("kind", "incident")
+        state = get("state", "new")
+        tier = get("tier") or ""
         updated_hlc = int(t.last_change[0])
-        return cls(
+        # Filled in directly rather than through the frozen dataclass's __init__, which
+        # sets its 31 fields one ``object.__setattr__`` at a time and was most of the cost
+        # of a view; a view is built for every ticket a node writes or returns.
+        view = cls.__new__(cls)
+        view.__dict__.update(
             code=t.code,
-            title=v.get("title", ""),
-            description=v.get("description", ""),
-            kind=Kind(v.get("kind", Kind.INCIDENT)),
-            state=State(v.get("state", State.NEW)),
-            priority=int(v.get("priority", 3)),
-            customer=v.get("customer", ""),
-            asset=v.get("asset", ""),
-            tier=Tier(tier) if tier else None,
-            home_region=v.get("home_region", ""),
-            queue=v.get("queue", ""),
-            assignee=v.get("assignee", ""),
-            second_engineer=v.get("second_engineer", ""),
-            escalation_level=int(v.get("escalation_level", 1)),
+            title=get("title", ""),
+            description=get("description", ""),
+            kind=_KINDS.get(kind) or Kind(kind),
+            state=_STATES.get(state) or State(state),
+            priority=int(get("priority", 3)),
+            customer=get("customer", ""),
+            asset=get("asset", ""),
+            tier=(_TIERS.get(tier) or Tier(tier)) if tier else None,
+            home_region=get("home_region", ""),
+            queue=get("queue", ""),
+            assignee=get("assignee", ""),
+            second_engineer=get("second_engineer", ""),
+            escalation_level=int(get("escalation_level", 1)),
             version=t.version,
-            created_by=v.get("created_by", ""),
-            origin_region=v.get("origin_region", ""),
-            created_at=v.get("created_at", ""),
-            updated_at=_hlc_iso(updated_hlc) if updated_hlc else v.get("created_at", ""),
-            cause=v.get("cause", ""),
-            satisfaction=int(v.get("satisfaction", 0)),
-            first_response_at=v.get("first_response_at", ""),
-            resolved_at=v.get("resolved_at", ""),
-            response_due=v.get("response_due", ""),
-            resolution_due=v.get("resolution_due", ""),
-            source=v.get("source", "agent"),
+            created_by=get("created_by", ""),
+            origin_region=get("origin_region", ""),
+            created_at=get("created_at", ""),
+            updated_at=_hlc_iso(updated_hlc) if updated_hlc else get("created_at", ""),
+            cause=get("cause", ""),
+            satisfaction=int(get("satisfaction", 0)),
+            first_response_at=get("first_response_at", ""),
+            resolved_at=get("resolved_at", ""),
+            response_due=get("response_due", ""),
+            resolution_due=get("resolution_due", ""),
+            source=get("source", "agent"),
             last_change_id=t.last_change_id,
             digest=digest or t.digest(),
-            comments=tuple(_comment(c) for c in t.sorted_comments()),
-            history=tuple(_change(h) for h in t.sorted_history()),
-            labels=dict(v.get("labels") or {}),
+            comments=tuple(_comment(c) for c in t.sorted_comments()) if t.comments else (),
+            history=tuple(_change(h) for h in t.sorted_history()) if t.history else (),
+            labels=dict(get("labels") or {}),
         )
+        return view
 
     def to_json(self) -> dict[str, Any]:
         """The stable JSON form printed by ``sundesk ticket show --json``."""
@@ -221,7 +244,13 @@ class TicketView:
 
 
 def _hlc_iso(hlc: int) -> str:
-    return iso(datetime.fromtimestamp((hlc >> 16) / 1000, tz=UTC))
+    return _ms_iso(hlc >> 16)
+
+
+@lru_cache(maxsize=1024)
+def _ms_iso(wall_ms: int) -> str:
+    # Writes that land in the same millisecond share the text: cache it.
+    return iso(datetime.fromtimestamp(wall_ms / 1000, tz=UTC))
 
 
 def _comment(c: dict[str, Any]) -> CommentView:

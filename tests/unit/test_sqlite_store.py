@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,150 @@ def test_customer_role_passes_through(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(run())
+
+
+def test_a_write_that_fails_in_sqlite_fails_alone(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = open_store(tmp_path)
+        real_insert = store._insert_op
+
+        def insert_op(conn: sqlite3.Connection, op: Operation) -> None:
+            if op.fields.get("title") == "bad":
+                raise sqlite3.IntegrityError("simulated")
+            real_insert(conn, op)
+
+        store._insert_op = insert_op  # type: ignore[method-assign]
+        try:
+            outcomes = await asyncio.gather(
+                store.write(None, create("a")),
+                store.write(None, create("bad")),
+                store.write(None, create("b")),
+                return_exceptions=True,
+            )
+            assert isinstance(outcomes[1], StorageError)
+            a, b = (o[0] for o in (outcomes[0], outcomes[2]) if isinstance(o, tuple))
+            assert (a.code, b.code) == ("VEL-000001", "VEL-000002")
+            assert store.version_vector() == {"velizy": 2}
+            assert [op.seq for op in store.read_ops({"velizy": 0}, 10)] == [1, 2]
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def test_replies_wait_for_the_commit(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = open_store(tmp_path)
+        held: list[Any] = []
+        commit = store._committer.commit
+        store._committer.commit = lambda loop, done: held.append((loop, done))  # type: ignore[method-assign]
+        try:
+            write = asyncio.ensure_future(store.write(None, create("durable")))
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert held and not write.done()
+            assert store.version_vector() == {} and store.digest()[0] == 0
+            commit(*held[0])
+            view, _ = await write
+            assert store.get(view.code).title == "durable"
+            assert store.version_vector() == {"velizy": 1}
+        finally:
+            store._committer.commit = commit  # type: ignore[method-assign]
+            await store.close()
+
+    asyncio.run(run())
+
+
+def test_a_failed_commit_fails_its_group_and_nothing_moves(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = open_store(tmp_path)
+        commit = store._committer.commit
+
+        def fail(loop: asyncio.AbstractEventLoop, done: Any) -> None:
+            loop.call_soon(done, sqlite3.OperationalError("disk I/O error"))
+
+        store._committer.commit = fail  # type: ignore[method-assign]
+        try:
+            outcomes = await asyncio.gather(
+                *(store.write(None, create(f"t{i}")) for i in range(3)), return_exceptions=True
+            )
+            assert all(isinstance(o, StorageError) for o in outcomes)
+            assert store.version_vector() == {} and store.ticket_counts() == {}
+            store._committer.commit = commit  # type: ignore[method-assign]
+            view, op = await store.write(None, create("after"))
+            assert view.code == "VEL-000001" and op is not None and op.seq == 1
+        finally:
+            store._committer.commit = commit  # type: ignore[method-assign]
+            await store.close()
+
+    asyncio.run(run())
+
+
+def test_ticket_counts_follow_commits_and_survive_reopen(tmp_path: Path) -> None:
+    remote = Operation(
+        "japan",
+        1,
+        10 << 16,
+        "JPN-000001",
+        TICKET_CREATE,
+        {"created": True, "title": "r", "state": "new", "queue": "japan", "tier": "gold"},
+    )
+
+    async def run() -> dict[tuple[str, str, str], int]:
+        store = open_store(tmp_path)
+        try:
+            a, _ = await store.write(None, create("a"))
+            await store.write(None, create("b"))
+            await store.write(a.code, update(state=State.IN_PROGRESS))
+            await store.apply_remote([remote])
+            await asyncio.gather(
+                store.write(a.code, update(state=State.CLOSED)),  # illegal: counts stay
+                return_exceptions=True,
+            )
+            return store.ticket_counts()
+        finally:
+            await store.close()
+
+    counts = asyncio.run(run())
+    assert counts == {
+        ("new", "velizy", "none"): 1,
+        ("in_progress", "velizy", "none"): 1,
+        ("new", "japan", "gold"): 1,
+    }
+
+    async def reopened() -> dict[tuple[str, str, str], int]:
+        store = open_store(tmp_path)
+        try:
+            return store.ticket_counts()
+        finally:
+            await store.close()
+
+    assert asyncio.run(reopened()) == counts
+
+
+def test_remote_records_apply_while_watchers_want_views(tmp_path: Path) -> None:
+    record = Operation(
+        "japan", 1, 10 << 16, "HO-1", "handoff.create", {"id": "HO-1", "kind": "planned"}
+    )
+    ticket = Operation(
+        "japan",
+        2,
+        11 << 16,
+        "JPN-000001",
+        TICKET_CREATE,
+        {"created": True, "title": "r", "state": "new", "queue": "japan"},
+    )
+    changes: list[Any] = []
+
+    async def run() -> None:
+        store = open_store(tmp_path)
+        store.want_views = True
+        store.add_listener(changes.extend)
+        try:
+            assert [op.seq for op in await store.apply_remote([record, ticket])] == [1, 2]
+            assert store.get_record("HO-1") is not None
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+    assert [c.ticket.code if c.ticket else None for c in changes] == [None, "JPN-000001"]
