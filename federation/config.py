@@ -11,7 +11,6 @@ fall back to the default. The schema is documented in ``default_federation.toml`
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, time
@@ -25,6 +24,8 @@ from federation.config_parse import (
     check_address,
     check_port,
     parse_federation,
+    parse_toml,
+    read_toml,
     toml_value,
 )
 from federation.oncall import OncallRota, OncallWeek
@@ -194,24 +195,11 @@ def _hhmm(value: time, is_end: bool) -> str:
 def load_config(path: str | Path | None = None) -> FederationConfig:
     """Load a federation file; ``None`` loads the shipped default."""
     source = Path(path) if path is not None else DEFAULT_PATH
-    try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read the configuration: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{source}: the configuration is not UTF-8 text") from exc
-    return load_config_text(text, str(source))
+    return load_config_text(read_toml(source, "the configuration"), str(source))
 
 
 def load_config_text(text: str, source: str = "<string>") -> FederationConfig:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    try:
-        return _build(Table(data, ""))
-    except Invalid as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    return parse_toml(text, source, _build)
 
 
 def _build(root: Table) -> FederationConfig:

@@ -11,16 +11,21 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from itertools import pairwise
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
 
 from federation.oncall import OncallRota, OncallWeek
+from node.errors import ConfigError
+
+T = TypeVar("T")
 
 WEEKDAY_KEYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _OFFICE = ((time(9), time(18)),)
@@ -112,6 +117,28 @@ class Parsed:
     regions: list[dict[str, Any]]
     queues: list[dict[str, Any]] | None
     settings: dict[str, Any]
+
+
+def read_toml(source: Path, what: str) -> str:
+    """The text of a TOML file, or a ``ConfigError`` naming the file and ``what`` it is."""
+    try:
+        return source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read {what}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: {what} is not UTF-8 text") from exc
+
+
+def parse_toml(text: str, source: str, build: Callable[[Table], T]) -> T:
+    """Parse ``text`` and ``build`` from it; every error names ``source`` and the field."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        return build(Table(data, ""))
+    except Invalid as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def parse_federation(root: Table) -> Parsed:

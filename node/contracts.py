@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -24,8 +23,8 @@ from typing import Any, TypeVar
 
 from federation.calendars import Always24x7Calendar, BusinessCalendar, RegionCalendar
 from federation.config import FederationConfig, RegionConfig
-from federation.config_parse import Invalid, Table
-from node.errors import ConfigError, InvalidArgument
+from federation.config_parse import Invalid, Table, parse_toml, read_toml
+from node.errors import InvalidArgument
 from node.tickets import Tier
 
 __all__ = [
@@ -247,24 +246,11 @@ class Engineer:
 def load_contracts(path: str | Path | None = None) -> Contracts:
     """Load a contracts file; ``None`` loads the shipped default."""
     source = Path(path) if path is not None else DEFAULT_CONTRACTS_PATH
-    try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read the contracts: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{source}: the contracts file is not UTF-8 text") from exc
-    return load_contracts_text(text, str(source))
+    return load_contracts_text(read_toml(source, "the contracts file"), str(source))
 
 
 def load_contracts_text(text: str, source: str = "<string>") -> Contracts:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    try:
-        return _parse(Table(data, ""))
-    except Invalid as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    return parse_toml(text, source, _parse)
 
 
 def _parse(root: Table) -> Contracts:
