@@ -11,6 +11,7 @@ from grpc import aio
 from federation.operations import TICKET_COMMENT, TICKET_CREATE, TICKET_UPDATE
 from node import convert, rules
 from node.errors import InvalidArgument
+from node.registry import Registry, with_registered
 from node.sqlite_store import SqliteTicketStore
 from node.store import Change, TicketFilter
 from node.tickets import TicketView
@@ -41,6 +42,7 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         replication_info: ReplicationInfo | None = None,
         change_carrier: Callable[[Mapping[str, str]], dict[str, str]] | None = None,
         tag_ticket: Callable[[str, str], None] | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self._store = store
         self._hub = hub
@@ -49,6 +51,7 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         self._replication = replication_info or _local_only(store)
         self._change_carrier = change_carrier
         self._tag = tag_ticket or (lambda code, queue: None)
+        self._registry = registry
 
     def _trace_for(self, code: str) -> dict[str, str]:
         """Trace context for a change to ``code``: within the ticket's own trace."""
@@ -78,7 +81,7 @@ class DeskService(desk_pb2_grpc.DeskServicer):
     async def CreateTicket(
         self, request: pb.CreateTicketRequest, context: aio.ServicerContext
     ) -> pb.Ticket:
-        new = convert.new_ticket_from_pb(request)
+        new = self._registered(convert.new_ticket_from_pb(request))
         self._check_region(new.home_region, "home region")
         region = self._store.region
         carrier = self._carrier()
@@ -91,6 +94,14 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         view, _ = await self._store.write(None, build, carrier, request_id=request.request_id[:100])
         self._tag(view.code, view.queue)
         return self._to_pb(view)
+
+    def _registered(self, new: rules.NewTicket) -> rules.NewTicket:
+        if self._registry is None:
+            return new
+        asset = self._registry.get_asset(new.asset) if new.asset else None
+        customer_id = new.customer or (asset.customer if asset else "")
+        customer = self._registry.get_customer(customer_id) if customer_id else None
+        return with_registered(new, customer, asset)
 
     async def GetTicket(
         self, request: pb.GetTicketRequest, context: aio.ServicerContext

@@ -27,11 +27,13 @@ from federation.replication_service import CommitSignal, FederationService
 from federation.replicator import Replicator
 from federation.sun import SunCoordinator, SunHooks
 from node.clock import Clock, SystemClock
+from node.contracts_service import ContractsService
 from node.desk_service import DeskService
 from node.errors import StorageError, SundeskError, Unavailable
 from node.grpc_errors import ErrorInterceptor
 from node.handoff_log import SqliteHandoffLog
 from node.observe import NodeObserver
+from node.registry import Registry
 from node.sqlite_store import SqliteTicketStore
 from node.sun_service import SunService
 from node.watch import WatchHub
@@ -39,6 +41,8 @@ from ops.interceptors import ObservabilityInterceptor
 from ops.metrics import Metrics
 from ops.tracing import get_tracer, make_tracer_provider, shutdown_tracing
 from sundesk.v1 import (
+    contracts_pb2,
+    contracts_pb2_grpc,
     desk_pb2,
     desk_pb2_grpc,
     federation_pb2,
@@ -55,6 +59,7 @@ SERVICES = (
     desk_pb2.DESCRIPTOR.services_by_name["Desk"].full_name,
     federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name,
     sun_pb2.DESCRIPTOR.services_by_name["Sun"].full_name,
+    contracts_pb2.DESCRIPTOR.services_by_name["Contracts"].full_name,
 )
 
 
@@ -132,6 +137,7 @@ class Node:
             self.store, self.region.name, peers, self.clock, hooks=obs.replication_hooks()
         )
         queues = {r.name: r.name for r in self.config.regions}
+        self.registry = Registry(self.store, self.config.region_names())
         desk = DeskService(
             self.store,
             self.hub,
@@ -140,6 +146,7 @@ class Node:
             replication_info=self._replication_info,
             change_carrier=obs.change_carrier if self.options.observability else None,
             tag_ticket=obs.tag_ticket,
+            registry=self.registry,
         )
         interceptors: list[aio.ServerInterceptor] = []
         if self.options.observability:
@@ -159,6 +166,7 @@ class Node:
         )
         self.store.add_listener(self.sun.on_changes)
         sun_pb2_grpc.add_SunServicer_to_server(self.sun, server)
+        contracts_pb2_grpc.add_ContractsServicer_to_server(ContractsService(self.registry), server)
         on_send = obs.on_send if self.options.observability else None
         federation_pb2_grpc.add_FederationServicer_to_server(
             FederationService(self.store, self.signal, self.status, on_batch=on_send), server

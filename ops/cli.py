@@ -18,7 +18,7 @@ import grpc
 
 from node.clock import Clock, ScaledClock, SystemClock
 from node.errors import SundeskError
-from ops import certs_cli, demo, local, ops_cli, sla_cli, sun_cli, ticket_cli
+from ops import certs_cli, contracts_cli, demo, local, ops_cli, sla_cli, sun_cli, ticket_cli
 from ops.client import default_node, rpc_error_line
 
 
@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     ticket_cli.add_parser(sub, common)
     sun_cli.add_parser(sub, common)
     sla_cli.add_parser(sub)
+    contracts_cli.add_parser(sub, common)
     local.add_parser(sub)
     ops_cli.add_parser(sub)
     certs_cli.add_parser(sub)

@@ -230,7 +230,7 @@ def test_health_and_reflection(node: NodeProcess) -> None:
             )
         )
         names = {s.name for s in answers[0].list_services_response.service}
-        assert {"sundesk.v1.Desk", "sundesk.v1.Federation", "grpc.health.v1.Health"} <= names
+        assert {"sundesk.v1.Desk", "sundesk.v1.Contracts", "grpc.health.v1.Health"} <= names
 
 
 # ---- bad input: the right status, a message that says what to fix, nothing written ----

@@ -1,0 +1,178 @@
+"""Customers and assets on real node processes: registered on one region, known on the
+other, deciding the tier and queue of tickets; bad input gets its status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from ops.client import Client
+from sundesk.v1 import contracts_pb2 as cpb
+from sundesk.v1 import contracts_pb2_grpc
+from sundesk.v1 import desk_pb2 as pb
+from sundesk.v1 import federation_pb2
+from tests.support.nodes import ROOT, Federation, NodeProcess, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    f = Federation.make(tmp_path_factory.mktemp("contracts"), regions=["velizy", "germany"])
+    f.start()
+    yield f
+    f.stop()
+
+
+@pytest.fixture(scope="module")
+def bosch(fed: Federation) -> cpb.Customer:
+    """Registered once; registering the same again (as the CLI test does) is a no-op."""
+    customer = cpb.Customer(
+        id="bosch-ulm", name="Bosch Ulm", home_region="germany", tier=pb.CONTRACT_TIER_GOLD
+    )
+    with fed.node("velizy").client() as c:
+        got: cpb.Customer = contracts(c).RegisterCustomer(
+            cpb.RegisterCustomerRequest(customer=customer)
+        )
+    return got
+
+
+def cli(node: NodeProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", *args, "--node", node.address],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def cli_json(node: NodeProcess, *args: str) -> Any:
+    done = cli(node, *args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def contracts(c: Client) -> contracts_pb2_grpc.ContractsStub:
+    return contracts_pb2_grpc.ContractsStub(c.channel)
+
+
+def test_registered_customer_is_known_everywhere_and_decides_the_queue(
+    fed: Federation, bosch: cpb.Customer
+) -> None:
+    velizy, germany = fed.node("velizy"), fed.node("germany")
+    got = cli_json(
+        velizy, "customer", "add", "bosch-ulm", "--name", "Bosch Ulm", "--region", "germany",
+        "--tier", "gold",
+    )  # fmt: skip
+    assert got == {"id": "bosch-ulm", "name": "Bosch Ulm", "home_region": "germany", "tier": "gold"}
+    asset = cli_json(
+        velizy, "asset", "add", "ulm-mri-1", "--customer", "bosch-ulm", "--model", "MRI 3T",
+        "--serial", "X1", "--monitored", "--heartbeat", "60",
+    )  # fmt: skip
+    assert asset["monitored"] is True and asset["heartbeat_seconds"] == 60
+
+    def known_in_germany() -> bool:
+        listed = cli_json(germany, "asset", "list", "--monitored")["assets"]
+        return [a["id"] for a in listed] == ["ulm-mri-1"]
+
+    wait_for("the asset to replicate to germany", known_in_germany, timeout=15)
+    listed = cli_json(germany, "customer", "list", "--region", "germany")["customers"]
+    assert [c["id"] for c in listed] == ["bosch-ulm"]
+    table = cli(germany, "customer", "list")
+    assert table.returncode == 0 and "Bosch Ulm" in table.stdout and "gold" in table.stdout
+
+    # Created in Vélizy, the ticket of a German gold customer is gold and in Germany's queue.
+    ticket = cli_json(velizy, "ticket", "create", "--title", "MRI down", "--asset", "ulm-mri-1")
+    assert (ticket["customer"], ticket["tier"], ticket["home_region"], ticket["queue"]) == (
+        "bosch-ulm",
+        "gold",
+        "germany",
+        "germany",
+    )
+    walk_in = cli_json(velizy, "ticket", "create", "--title", "?", "--customer", "passer-by")
+    assert (walk_in["tier"], walk_in["queue"]) == ("", "velizy")
+
+
+def _register_customer(**kw: Any) -> Callable[[contracts_pb2_grpc.ContractsStub], Any]:
+    customer = cpb.Customer(**{"id": "c1", "name": "C1", "home_region": "velizy", "tier": 1, **kw})
+    return lambda s: s.RegisterCustomer(cpb.RegisterCustomerRequest(customer=customer))
+
+
+def _register_asset(**kw: Any) -> Callable[[contracts_pb2_grpc.ContractsStub], Any]:
+    asset = cpb.Asset(**{"id": "a1", "customer": "bosch-ulm", "model": "M", "serial": "S", **kw})
+    return lambda s: s.RegisterAsset(cpb.RegisterAssetRequest(asset=asset))
+
+
+@pytest.mark.parametrize(
+    ("call", "status", "message"),
+    [
+        (_register_customer(id="Bad Id"), grpc.StatusCode.INVALID_ARGUMENT, "customer id 'Bad Id'"),
+        (_register_customer(name=""), grpc.StatusCode.INVALID_ARGUMENT, "c1 name must be"),
+        (_register_customer(tier=0), grpc.StatusCode.INVALID_ARGUMENT, "c1 tier is missing"),
+        (_register_customer(tier=9), grpc.StatusCode.INVALID_ARGUMENT, "tier 9 is not"),
+        (_register_customer(home_region="mars"), grpc.StatusCode.INVALID_ARGUMENT, "'mars'"),
+        (
+            _register_customer(id="bosch-ulm", name="Other"),
+            grpc.StatusCode.ALREADY_EXISTS,
+            "customer bosch-ulm is already registered",
+        ),
+        (_register_asset(customer="ghost"), grpc.StatusCode.NOT_FOUND, "'ghost' is not registered"),
+        (_register_asset(serial=""), grpc.StatusCode.INVALID_ARGUMENT, "a1 serial must be"),
+        (
+            _register_asset(monitored=True),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "heartbeat_seconds 0 must be 1 to",
+        ),
+    ],
+    ids=[
+        "bad-id",
+        "no-name",
+        "no-tier",
+        "unknown-tier",
+        "unknown-region",
+        "taken-id",
+        "unknown-customer",
+        "no-serial",
+        "monitored-without-heartbeat",
+    ],
+)
+def test_bad_registrations_get_their_status_and_write_nothing(
+    fed: Federation, bosch: cpb.Customer, call: Any, status: grpc.StatusCode, message: str
+) -> None:
+    with fed.node("velizy").client() as c:
+        before = c.federation.Status(federation_pb2.NodeStatusRequest()).version_vector
+        with pytest.raises(grpc.RpcError) as info:
+            call(contracts(c))
+        assert info.value.code() == status
+        assert message in info.value.details()
+        after = c.federation.Status(federation_pb2.NodeStatusRequest()).version_vector
+    assert after == before
+
+
+def test_a_ticket_contradicting_its_customer_is_refused(
+    fed: Federation, bosch: cpb.Customer
+) -> None:
+    with fed.node("velizy").client() as c:
+        with pytest.raises(grpc.RpcError) as info:
+            c.desk.CreateTicket(
+                pb.CreateTicketRequest(
+                    title="x", customer="bosch-ulm", tier=pb.CONTRACT_TIER_BRONZE
+                )
+            )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "gold contract, not bronze" in info.value.details()
+
+
+def test_cli_errors_are_one_line(fed: Federation) -> None:
+    done = cli(fed.node("velizy"), "asset", "add", "x1", "--customer", "nobody", "--model", "m",
+               "--serial", "s")  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("error: NOT_FOUND: asset x1 customer 'nobody'")
+    assert done.stderr.strip().count("\n") == 0
