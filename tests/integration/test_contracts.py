@@ -14,9 +14,8 @@ import pytest
 
 from ops.client import Client
 from sundesk.v1 import contracts_pb2 as cpb
-from sundesk.v1 import contracts_pb2_grpc
+from sundesk.v1 import contracts_pb2_grpc, federation_pb2
 from sundesk.v1 import desk_pb2 as pb
-from sundesk.v1 import federation_pb2
 from tests.support.nodes import ROOT, Federation, NodeProcess, wait_for
 
 pytestmark = pytest.mark.integration
