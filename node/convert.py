@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from node.errors import InvalidArgument
 from node.rules import NewTicket, TicketChange
+from node.sla import SlaStatus
 from node.tickets import Kind, Role, State, TicketView, Tier, parse_iso
 from sundesk.v1 import desk_pb2 as pb
 
@@ -214,3 +215,13 @@ def ticket_to_pb(t: TicketView) -> pb.Ticket:
         )
     msg.replication.last_change_id = t.last_change_id
     return msg
+
+
+def sla_to_pb(msg: pb.SlaClock, view: TicketView, status: SlaStatus) -> None:
+    msg.response = status.response
+    msg.resolution = status.resolution
+    msg.response_left_seconds = status.response_left.total_seconds()
+    msg.resolution_left_seconds = status.resolution_left.total_seconds()
+    msg.paused = view.state == State.PENDING_CUSTOMER
+    msg.response_recorded = view.sla_recorded.get("response", "")
+    msg.resolution_recorded = view.sla_recorded.get("resolution", "")

@@ -10,6 +10,7 @@ from grpc import aio
 
 from federation.operations import TICKET_COMMENT, TICKET_CREATE, TICKET_UPDATE
 from node import convert, rules
+from node.dues import DueClock
 from node.errors import InvalidArgument
 from node.registry import Registry, with_registered
 from node.sqlite_store import SqliteTicketStore
@@ -43,6 +44,8 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         change_carrier: Callable[[Mapping[str, str]], dict[str, str]] | None = None,
         tag_ticket: Callable[[str, str], None] | None = None,
         registry: Registry | None = None,
+        dues: DueClock | None = None,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         self._store = store
         self._hub = hub
@@ -52,6 +55,8 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         self._change_carrier = change_carrier
         self._tag = tag_ticket or (lambda code, queue: None)
         self._registry = registry
+        self._dues = dues
+        self._now = now
 
     def _trace_for(self, code: str) -> dict[str, str]:
         """Trace context for a change to ``code``: within the ticket's own trace."""
@@ -63,6 +68,10 @@ class DeskService(desk_pb2_grpc.DeskServicer):
 
     def _to_pb(self, view: TicketView) -> pb.Ticket:
         msg = convert.ticket_to_pb(view)
+        if self._dues is not None and self._now is not None:
+            status = self._dues.status(view, self._now())
+            if status is not None:
+                convert.sla_to_pb(msg.sla, view, status)
         applied, missing, vv = self._replication(view.last_change_id)
         replication = msg.replication
         replication.applied_in.extend(applied)
@@ -85,9 +94,12 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         self._check_region(new.home_region, "home region")
         region = self._store.region
         carrier = self._carrier()
+        dues = self._dues
 
         def build(_: TicketView | None, now: datetime) -> tuple[str, dict[str, object]]:
             fields = rules.create_fields(new, region, now)
+            if dues is not None:
+                fields.update(dues.on_create(fields))
             fields["trace"] = carrier  # the ticket's trace: later changes join it
             return TICKET_CREATE, fields
 
@@ -137,10 +149,14 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         code = _code(request.code)
         change = convert.change_from_pb(request)
         region = self._store.region
+        dues = self._dues
 
         def build(current: TicketView | None, now: datetime) -> tuple[str, dict[str, object]]:
             assert current is not None
-            return TICKET_UPDATE, rules.update_fields(current, change, region, now)
+            fields = rules.update_fields(current, change, region, now)
+            if dues is not None:
+                fields.update(dues.on_update(current, fields))
+            return TICKET_UPDATE, fields
 
         view, _ = await self._store.write(code, build, self._trace_for(code))
         self._tag(view.code, view.queue)

@@ -27,8 +27,10 @@ from federation.replication_service import CommitSignal, FederationService
 from federation.replicator import Replicator
 from federation.sun import SunCoordinator, SunHooks
 from node.clock import Clock, SystemClock
+from node.contracts import load_contracts
 from node.contracts_service import ContractsService
 from node.desk_service import DeskService
+from node.dues import DueClock
 from node.errors import StorageError, SundeskError, Unavailable
 from node.grpc_errors import ErrorInterceptor
 from node.handoff_log import SqliteHandoffLog
@@ -75,6 +77,7 @@ class NodeOptions:
     etcd_endpoints: tuple[str, ...] | None = None  # None: the federation config's
     ownership: bool = True  # take part in follow-the-sun queue ownership (needs etcd)
     extra_interceptors: list[aio.ServerInterceptor] = field(default_factory=list)
+    contracts_path: Path | None = None  # tier terms; None: node/default_contracts.toml
 
 
 def server_options() -> list[tuple[str, int]]:
@@ -95,6 +98,7 @@ class Node:
         self.options = options
         self.region: RegionConfig = config.region(options.region)
         self.clock = clock or SystemClock()
+        self.contracts = load_contracts(options.contracts_path)  # a bad file fails first
         self.listen = options.listen or self.region.address
         self.store: SqliteTicketStore | None = None
         self.server: aio.Server | None = None
@@ -138,6 +142,7 @@ class Node:
         )
         queues = {r.name: r.name for r in self.config.regions}
         self.registry = Registry(self.store, self.config.region_names())
+        self.dues = DueClock(self.contracts, self.config.region)
         desk = DeskService(
             self.store,
             self.hub,
@@ -147,6 +152,8 @@ class Node:
             change_carrier=obs.change_carrier if self.options.observability else None,
             tag_ticket=obs.tag_ticket,
             registry=self.registry,
+            dues=self.dues,
+            now=self.clock.now,
         )
         interceptors: list[aio.ServerInterceptor] = []
         if self.options.observability:

@@ -127,6 +127,8 @@ class TicketView:
     comments: tuple[CommentView, ...] = ()
     history: tuple[StateChangeView, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
+    # What the queue's owner recorded per SLA target: "at_risk" or "breached".
+    sla_recorded: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_open(self) -> bool:
@@ -184,6 +186,11 @@ class TicketView:
             comments=tuple(_comment(c) for c in t.sorted_comments()) if t.comments else (),
             history=tuple(_change(h) for h in t.sorted_history()) if t.history else (),
             labels=dict(get("labels") or {}),
+            sla_recorded={
+                target: get(f"sla_{target}")
+                for target in ("response", "resolution")
+                if get(f"sla_{target}")
+            },
         )
         return view
 
@@ -213,6 +220,9 @@ class TicketView:
             "satisfaction": self.satisfaction,
             "first_response_at": self.first_response_at,
             "resolved_at": self.resolved_at,
+            "response_due": self.response_due,
+            "resolution_due": self.resolution_due,
+            "sla_recorded": self.sla_recorded,
             "reopen_count": self.reopen_count,
             "source": self.source,
             "digest": self.digest,

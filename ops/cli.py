@@ -63,6 +63,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         observability=not args.no_observability,
         etcd_endpoints=tuple(args.etcd.split(",")) if args.etcd else None,
         peer_addresses=_peers(args.peer),
+        contracts_path=Path(args.contracts) if args.contracts else None,
     )
     asyncio.run(run_node(config, options, _clock(args)))
     return 0
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="", help="HOST:PORT (default: the region's address)")
     p.add_argument("--data-dir", default="", help="where the store lives (default var/REGION)")
     p.add_argument("--config", default=None, help="federation TOML (default: shipped)")
+    p.add_argument("--contracts", default=None, help="contracts TOML (default: shipped)")
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument("--otlp-endpoint", default=None, help="HOST:PORT of an OTLP/gRPC receiver")
     p.add_argument("--etcd", default="", help="etcd endpoints HOST:PORT[,...] (default: config)")

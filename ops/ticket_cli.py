@@ -59,6 +59,11 @@ def ticket_json(t: pb.Ticket) -> dict[str, Any]:
         "cause": t.cause,
         "satisfaction": t.satisfaction,
         "reopen_count": t.reopen_count,
+        "response_due": ts_to_iso(t.response_due) if t.HasField("response_due") else "",
+        "resolution_due": ts_to_iso(t.resolution_due) if t.HasField("resolution_due") else "",
+        "sla": MessageToDict(t.sla, preserving_proto_field_name=True)
+        if t.HasField("sla")
+        else None,
         "digest": t.digest,
         "comments": [
             {
@@ -86,6 +91,16 @@ def ticket_json(t: pb.Ticket) -> dict[str, Any]:
     }
 
 
+def left_text(seconds: float) -> str:
+    """Counted time left for people: '3h 20m left', '1d 2h 0m overdue'."""
+    minutes = int(abs(seconds) // 60)
+    days, rest = divmod(minutes, 1440)
+    hours, mins = divmod(rest, 60)
+    parts = ([f"{days}d"] if days else []) + ([f"{hours}h"] if hours or days else [])
+    text = " ".join([*parts, f"{mins}m"])
+    return f"{text} overdue" if seconds < 0 else f"{text} left"
+
+
 def _show(t: pb.Ticket) -> str:
     d = ticket_json(t)
     lines = [
@@ -99,6 +114,16 @@ def _show(t: pb.Ticket) -> str:
     ]
     if d["cause"]:
         lines.append(f"  cause {d['cause']}")
+    if t.HasField("sla"):
+        paused = "  (paused: pending the customer)" if t.sla.paused else ""
+        for target, due, state, left, recorded in (
+            ("response", d["response_due"], t.sla.response, t.sla.response_left_seconds,
+             t.sla.response_recorded),
+            ("resolution", d["resolution_due"], t.sla.resolution,
+             t.sla.resolution_left_seconds, t.sla.resolution_recorded),
+        ):  # fmt: skip
+            mark = f", recorded {recorded}" if recorded else ""
+            lines.append(f"  {target} due {due}  {left_text(left)}  {state}{mark}{paused}")
     rep = t.replication
     if rep.last_change_id:
         missing = f", not yet in {', '.join(rep.missing_in)}" if rep.missing_in else ""

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -175,3 +176,21 @@ def test_cli_errors_are_one_line(fed: Federation) -> None:
     assert done.returncode == 1
     assert done.stderr.strip().startswith("error: NOT_FOUND: asset x1 customer 'nobody'")
     assert done.stderr.strip().count("\n") == 0
+
+
+def test_ticket_show_gives_dues_and_time_left(fed: Federation, bosch: cpb.Customer) -> None:
+    velizy = fed.node("velizy")
+    # Gold priority 1 runs round the clock: answered within 1 h, resolved within 8 h.
+    t = cli_json(velizy, "ticket", "create", "--title", "down", "--customer", "bosch-ulm",
+                 "--priority", "1")  # fmt: skip
+    created = datetime.fromisoformat(t["created_at"])
+    due = datetime.fromisoformat(t["response_due"])
+    assert due - created == timedelta(hours=1)
+    assert datetime.fromisoformat(t["resolution_due"]) - created == timedelta(hours=8)
+    assert t["sla"]["response"] == "ok" and 3000 < t["sla"]["response_left_seconds"] <= 3600
+    shown = cli(velizy, "ticket", "show", t["code"])
+    assert shown.returncode == 0
+    assert f"response due {t['response_due']}  59m left  ok" in shown.stdout
+    assert "resolution due" in shown.stdout and "7h 59m left" in shown.stdout
+    walk_in = cli_json(velizy, "ticket", "create", "--title", "?", "--customer", "nobody")
+    assert walk_in["response_due"] == "" and walk_in["sla"] is None
