@@ -3,6 +3,7 @@ validate and name the field), the registry and the other collaborators do the wo
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from grpc import aio
@@ -56,9 +57,30 @@ def asset_from_pb(msg: cpb.Asset) -> Asset:
     )
 
 
+def breach_to_pb(v: Mapping[str, Any]) -> cpb.Breach:
+    return cpb.Breach(
+        id=str(v["id"]),
+        code=str(v.get("code", "")),
+        queue=str(v.get("queue", "")),
+        tier=str(v.get("tier", "")),
+        target=str(v.get("target", "")),
+        state=str(v.get("state", "")),
+        due=str(v.get("due", "")),
+        at=str(v.get("at", "")),
+        region=str(v.get("region", "")),
+        epoch=int(v.get("epoch", 0)),
+        escalation_level=int(v.get("escalation_level", 0)),
+    )
+
+
 class ContractsService(contracts_pb2_grpc.ContractsServicer):
-    def __init__(self, registry: Registry) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        breaches: Callable[[str], list[dict[str, Any]]] = lambda queue: [],
+    ) -> None:
         self._registry = registry
+        self._breaches = breaches
 
     async def RegisterCustomer(
         self, request: cpb.RegisterCustomerRequest, context: aio.ServicerContext
@@ -81,3 +103,9 @@ class ContractsService(contracts_pb2_grpc.ContractsServicer):
     async def ListAssets(self, request: cpb.ListAssetsRequest, context: aio.ServicerContext) -> Any:
         found = self._registry.assets(request.monitored_only, request.customer.strip())
         return cpb.ListAssetsResponse(assets=[asset_to_pb(a) for a in found])
+
+    async def ListBreaches(
+        self, request: cpb.ListBreachesRequest, context: aio.ServicerContext
+    ) -> Any:
+        found = self._breaches(request.queue.strip())
+        return cpb.ListBreachesResponse(breaches=[breach_to_pb(v) for v in found])

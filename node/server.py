@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -36,6 +37,7 @@ from node.grpc_errors import ErrorInterceptor
 from node.handoff_log import SqliteHandoffLog
 from node.observe import NodeObserver
 from node.registry import Registry
+from node.sla_monitor import SlaMonitor, breach_records
 from node.sqlite_store import SqliteTicketStore
 from node.sun_service import SunService
 from node.watch import WatchHub
@@ -78,6 +80,7 @@ class NodeOptions:
     ownership: bool = True  # take part in follow-the-sun queue ownership (needs etcd)
     extra_interceptors: list[aio.ServerInterceptor] = field(default_factory=list)
     contracts_path: Path | None = None  # tier terms; None: node/default_contracts.toml
+    sla_period: float = 1.0  # real seconds between the owner's SLA scans
 
 
 def server_options() -> list[tuple[str, int]]:
@@ -173,7 +176,20 @@ class Node:
         )
         self.store.add_listener(self.sun.on_changes)
         sun_pb2_grpc.add_SunServicer_to_server(self.sun, server)
-        contracts_pb2_grpc.add_ContractsServicer_to_server(ContractsService(self.registry), server)
+        self.sla_monitor = SlaMonitor(
+            self.region.name,
+            self.store,
+            self.dues,
+            lambda: self.coordinator,
+            self.clock.now,
+            self.metrics,
+            tracer,
+            change_carrier=obs.change_carrier if self.options.observability else None,
+        )
+        contracts_pb2_grpc.add_ContractsServicer_to_server(
+            ContractsService(self.registry, breaches=partial(breach_records, self.store)),
+            server,
+        )
         on_send = obs.on_send if self.options.observability else None
         federation_pb2_grpc.add_FederationServicer_to_server(
             FederationService(self.store, self.signal, self.status, on_batch=on_send), server
@@ -209,6 +225,7 @@ class Node:
         self.replicator.start()
         self._start_metrics_endpoint()
         self._gauges = asyncio.create_task(self._refresh_gauges())
+        self._sla = asyncio.create_task(self.sla_monitor.run(self.options.sla_period))
         if self.options.ownership:
             self._ownership = asyncio.create_task(self._join_ownership())
         log.info("region %s serving on %s", self.region.name, self.listen)
@@ -311,6 +328,7 @@ class Node:
             for name in ("", *SERVICES):
                 await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             self._gauges.cancel()
+            self._sla.cancel()
             await self._leave_ownership()
             await self.replicator.stop()
             await self.server.stop(grace)

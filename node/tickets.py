@@ -129,6 +129,7 @@ class TicketView:
     labels: dict[str, str] = field(default_factory=dict)
     # What the queue's owner recorded per SLA target: "at_risk" or "breached".
     sla_recorded: dict[str, str] = field(default_factory=dict)
+    sla_epoch: int = 0  # the owner epoch that last recorded an SLA event on it
 
     @property
     def is_open(self) -> bool:
@@ -191,6 +192,7 @@ class TicketView:
                 for target in ("response", "resolution")
                 if get(f"sla_{target}")
             },
+            sla_epoch=int(get("sla_epoch", 0)),
         )
         return view
 

@@ -34,6 +34,8 @@ def _clock(args: argparse.Namespace) -> Clock:
         ) from None
     if start.tzinfo is None:
         raise SundeskError("--clock-start needs a time zone, e.g. 2026-03-02T06:00:00Z")
+    if getattr(args, "sla_period", 1.0) <= 0:
+        raise SundeskError(f"--sla-period {args.sla_period} must be positive")
     if args.speed <= 0:
         raise SundeskError(f"--speed {args.speed} must be positive")
     return ScaledClock(start, args.speed, origin_real=args.clock_origin)
@@ -64,6 +66,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         etcd_endpoints=tuple(args.etcd.split(",")) if args.etcd else None,
         peer_addresses=_peers(args.peer),
         contracts_path=Path(args.contracts) if args.contracts else None,
+        sla_period=args.sla_period,
     )
     asyncio.run(run_node(config, options, _clock(args)))
     return 0
@@ -99,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="", help="where the store lives (default var/REGION)")
     p.add_argument("--config", default=None, help="federation TOML (default: shipped)")
     p.add_argument("--contracts", default=None, help="contracts TOML (default: shipped)")
+    p.add_argument(
+        "--sla-period", type=float, default=1.0, help="seconds between the owner's SLA scans"
+    )
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument("--otlp-endpoint", default=None, help="HOST:PORT of an OTLP/gRPC receiver")
     p.add_argument("--etcd", default="", help="etcd endpoints HOST:PORT[,...] (default: config)")

@@ -200,6 +200,24 @@ class Metrics:
             ["queue", "tier", "target"],
             registry=r,
         )
+        self.sla_at_risk_total = Counter(
+            "sundesk_sla_at_risk_total",
+            "SLA targets found at risk (less than the at-risk fraction of the target left).",
+            ["queue", "tier", "target"],
+            registry=r,
+        )
+        self.sla_at_risk = Gauge(
+            "sundesk_sla_at_risk",
+            "Open tickets of the queues this node owns whose target is at risk now.",
+            ["queue", "target"],
+            registry=r,
+        )
+        self.sla_scan_seconds = Histogram(
+            "sundesk_sla_scan_seconds",
+            "One SLA scan of the queues this node owns.",
+            buckets=RPC_BUCKETS,
+            registry=r,
+        )
         self.escalations_total = Counter(
             "sundesk_escalations_total",
             "Escalations, by level reached (L1..L4).",

@@ -17,8 +17,9 @@ from node.errors import FailedPrecondition, NotFound
 from ops.client import Client
 from ops.collector import SpanStore, render_waterfall, ticket_trace
 from ops.local import DEFAULT_DIR, LocalFederation, pid_alive
+from sundesk.v1 import contracts_pb2 as cpb
+from sundesk.v1 import contracts_pb2_grpc, sun_pb2_grpc
 from sundesk.v1 import sun_pb2 as spb
-from sundesk.v1 import sun_pb2_grpc
 
 
 def _trace_db(args: argparse.Namespace) -> Path:
@@ -66,6 +67,7 @@ def gather(base: Path) -> dict[str, Any]:
             },
         }
     owners: list[dict[str, Any]] = []
+    breaches: list[dict[str, Any]] = []
     lease = ""
     for region, r in regions.items():
         if not r["healthy"]:
@@ -73,8 +75,26 @@ def gather(base: Path) -> dict[str, Any]:
         try:
             with Client(state["nodes"][region]["address"]) as c:
                 sun = sun_pb2_grpc.SunStub(c.channel).GetStatus(spb.SunStatusRequest(), timeout=2)
+                listed = contracts_pb2_grpc.ContractsStub(c.channel).ListBreaches(
+                    cpb.ListBreachesRequest(), timeout=2
+                )
         except grpc.RpcError:
             continue
+        # Every region holds every record (replicated): one node's list is the federation's.
+        breaches = [
+            {
+                "code": b.code,
+                "queue": b.queue,
+                "tier": b.tier,
+                "target": b.target,
+                "state": b.state,
+                "due": b.due,
+                "at": b.at,
+                "by": f"{b.region} (epoch {b.epoch})",
+                "level": b.escalation_level,
+            }
+            for b in listed.breaches
+        ]
         lease = f"{region}: lease {sun.lease_state}, clock {sun.now}"
         owners = [
             {
@@ -91,6 +111,7 @@ def gather(base: Path) -> dict[str, Any]:
     return {
         "regions": regions,
         "owners": owners,
+        "breaches": breaches,
         "seen_by": lease,
         "at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -145,7 +166,33 @@ def render_status(view: dict[str, Any]) -> Group:
                 lag = regions[src]["peers"][dst]["lag"]
                 row.append(f"{lag:.3f} / {peer['backlog']}")
         links.add_row(src, *row)
-    return Group(health, owners, links)
+    return Group(health, owners, links, _breach_table(view.get("breaches", [])))
+
+
+MAX_BREACH_ROWS = 15
+
+
+def _breach_table(breaches: list[dict[str, Any]]) -> Table:
+    missed = sum(b["state"] == "breached" for b in breaches)
+    table = Table(
+        title=f"SLA: {missed} missed, {len(breaches) - missed} at risk (latest first)",
+        show_edge=False,
+    )
+    for col in ("ticket", "queue", "tier", "target", "state", "due", "detected by", "level"):
+        table.add_column(col)
+    for b in list(reversed(breaches))[:MAX_BREACH_ROWS]:
+        state = "[red]missed[/red]" if b["state"] == "breached" else "[yellow]at risk[/yellow]"
+        table.add_row(
+            b["code"],
+            b["queue"],
+            b["tier"],
+            b["target"],
+            state,
+            b["due"],
+            b["by"],
+            f"L{b['level']}",
+        )
+    return table
 
 
 def cmd_status(args: argparse.Namespace) -> int:
