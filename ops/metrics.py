@@ -207,7 +207,7 @@ class Metrics:
             registry=r,
         )
         self.sla_at_risk = Gauge(
-            "sundesk_sla_at_risk",
+            "sundesk_sla_at_risk_open",
             "Open tickets of the queues this node owns whose target is at risk now.",
             ["queue", "target"],
             registry=r,
