@@ -83,6 +83,10 @@ class Registry:
         self._store = store
         self._regions = tuple(regions)
 
+    @property
+    def regions(self) -> tuple[str, ...]:
+        return self._regions
+
     # ----- reads (committed state of this node) -----------------------------------------
 
     def get_customer(self, id: str) -> Customer | None:

@@ -39,6 +39,7 @@ from node.observe import NodeObserver
 from node.registry import Registry
 from node.sla_monitor import SlaMonitor, breach_records
 from node.sqlite_store import SqliteTicketStore
+from node.store import every_ticket
 from node.sun_service import SunService
 from node.watch import WatchHub
 from ops.interceptors import ObservabilityInterceptor
@@ -187,7 +188,11 @@ class Node:
             change_carrier=obs.change_carrier if self.options.observability else None,
         )
         contracts_pb2_grpc.add_ContractsServicer_to_server(
-            ContractsService(self.registry, breaches=partial(breach_records, self.store)),
+            ContractsService(
+                self.registry,
+                breaches=partial(breach_records, self.store),
+                tickets=partial(every_ticket, self.store),
+            ),
             server,
         )
         on_send = obs.on_send if self.options.observability else None

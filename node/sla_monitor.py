@@ -35,12 +35,11 @@ from node.dues import DueClock
 from node.errors import FailedPrecondition, SundeskError
 from node.sla import AT_RISK, BREACHED
 from node.sqlite_store import SqliteTicketStore
-from node.store import TicketFilter
+from node.store import TicketFilter, every_ticket
 from node.tickets import OPEN_STATES, TicketView
 from ops.metrics import Metrics
 
 log = logging.getLogger("sundesk.sla")
-PAGE = 500
 
 
 class QueueStatusLike(Protocol):
@@ -128,14 +127,7 @@ class SlaMonitor:
         return recorded
 
     def _open(self, queue: str) -> Iterable[TicketView]:
-        flt = TicketFilter(states=tuple(OPEN_STATES), queue=queue)
-        token = ""
-        while True:
-            page = self._store.list_tickets(flt, PAGE, token)
-            yield from page.tickets
-            token = page.next_token
-            if not token:
-                return
+        return every_ticket(self._store, TicketFilter(states=tuple(OPEN_STATES), queue=queue))
 
     async def _record(self, event: SlaEvent, view: TicketView, epoch: int) -> bool:
         attributes: dict[str, str | int] = {

@@ -7,7 +7,7 @@ are applied idempotently, a batch per transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -79,3 +79,16 @@ class TicketStore(Protocol):
     def digest(self) -> tuple[int, str]: ...
 
     async def close(self) -> None: ...
+
+
+def every_ticket(
+    store: TicketStore, flt: TicketFilter | None = None, page: int = 500
+) -> Iterator[TicketView]:
+    """Every ticket matching ``flt``, page by page (pages are consistent by creation)."""
+    token = ""
+    while True:
+        found = store.list_tickets(flt or TicketFilter(), page, token)
+        yield from found.tickets
+        token = found.next_token
+        if not token:
+            return

@@ -115,7 +115,106 @@ def cmd_asset_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rate(r: cpb.Rate) -> dict[str, Any]:
+    return {"count": r.count, "total": r.total, "rate": round(r.rate, 4) if r.total else None}
+
+
+def stats_json(s: cpb.Stats) -> dict[str, Any]:
+    def maybe(value: float, present: bool) -> float | None:
+        return round(value, 3) if present else None
+
+    return {
+        "region": s.region or None,
+        "from": getattr(s, "from") or None,
+        "to": s.to or None,
+        "opened": s.opened,
+        "resolved": s.resolved,
+        "open_now": s.open_now,
+        "responded": s.responded,
+        "mean_time_to_respond_seconds": maybe(s.mean_time_to_respond_seconds, s.responded > 0),
+        "mean_time_to_resolve_seconds": maybe(s.mean_time_to_resolve_seconds, s.resolved > 0),
+        "response_sla": _rate(s.response_sla),
+        "resolution_sla": _rate(s.resolution_sla),
+        "first_contact_resolution": _rate(s.first_contact_resolution),
+        "definitive_resolution": _rate(s.definitive_resolution),
+        "satisfaction": {
+            "mean": maybe(s.satisfaction_mean, s.satisfaction_count > 0),
+            "count": s.satisfaction_count,
+        },
+        "sla_breaches": s.breaches,
+        "causes_total": s.causes_total,
+        "pareto": [
+            {
+                "cause": c.cause,
+                "count": c.count,
+                "percent": round(c.percent, 2),
+                "cumulative_percent": round(c.cumulative_percent, 2),
+            }
+            for c in s.pareto
+        ],
+    }
+
+
+def _pct(rate: dict[str, Any]) -> str:
+    if rate["rate"] is None:
+        return "-"
+    return f"{rate['rate'] * 100:.1f}% ({rate['count']}/{rate['total']})"
+
+
+def _hours(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 3600:.2f} h"
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    req = cpb.StatsRequest(region=args.region, to=args.to)
+    setattr(req, "from", args.start)  # "from" is a Python keyword
+    with Client(args.node) as c:
+        got = stub(c).GetStats(req, timeout=args.timeout)
+    d = stats_json(got)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    period = f"{d['from'] or 'the beginning'} to {d['to'] or 'now'}"
+    sat = d["satisfaction"]
+    print_table(
+        ["figure", "value"],
+        [
+            ["opened", d["opened"]],
+            ["resolved", d["resolved"]],
+            ["open now", d["open_now"]],
+            ["mean time to respond", _hours(d["mean_time_to_respond_seconds"])],
+            ["mean time to resolve", _hours(d["mean_time_to_resolve_seconds"])],
+            ["response SLA met", _pct(d["response_sla"])],
+            ["resolution SLA met", _pct(d["resolution_sla"])],
+            ["SLA breaches recorded", d["sla_breaches"]],
+            ["first-contact resolution", _pct(d["first_contact_resolution"])],
+            ["definitive resolution", _pct(d["definitive_resolution"])],
+            [
+                "satisfaction",
+                f"{sat['mean']:.2f} / 5 ({sat['count']} rated)" if sat["count"] else "-",
+            ],
+        ],
+        title=f"{d['region'] or 'all regions'}, {period}",
+    )
+    if d["pareto"]:
+        print_table(
+            ["cause", "tickets", "%", "cumulative %"],
+            [
+                [c["cause"], c["count"], f"{c['percent']:.1f}", f"{c['cumulative_percent']:.1f}"]
+                for c in d["pareto"]
+            ],
+            title=f"causes of 80% of {d['causes_total']} resolved tickets",
+        )
+    return 0
+
+
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("stats", parents=[common], help="support-centre statistics of a period")
+    p.add_argument("--region", default="", help="home region of the tickets (default: all)")
+    p.add_argument("--from", dest="start", default="", help="YYYY-MM-DD or ISO instant (UTC)")
+    p.add_argument("--to", default="", help="exclusive end, YYYY-MM-DD or ISO instant")
+    p.set_defaults(func=cmd_stats)
+
     cust = sub.add_parser("customer", help="register and list customers")
     csub = cust.add_subparsers(dest="customer_cmd", required=True, metavar="COMMAND")
     p = csub.add_parser("add", parents=[common], help="register a customer")

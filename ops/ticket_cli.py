@@ -17,6 +17,7 @@ from node.convert import (
     TIER_TO_PB,
     ts_to_iso,
 )
+from node.errors import SundeskError
 from node.tickets import Kind, State, Tier
 from ops.client import Client, print_table
 from sundesk.v1 import desk_pb2 as pb
@@ -262,7 +263,10 @@ def cmd_verb(args: argparse.Namespace) -> int:
 
 
 def cmd_rate(args: argparse.Namespace) -> int:
-    return _update(args, satisfaction=args.score)
+    score = args.score_opt if args.score_opt is not None else args.score
+    if score is None or not 1 <= score <= 5:
+        raise SundeskError(f"--score {score} is out of range; rate from 1 (poor) to 5 (excellent)")
+    return _update(args, satisfaction=score)
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -327,5 +331,6 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
             p.add_argument("--cause", required=True, help="category of the root cause")
         p.set_defaults(func=cmd_verb, verb=verb)
     p = change_parser("rate", "record the customer's satisfaction, 1..5")
-    p.add_argument("score", type=int)
+    p.add_argument("score", type=int, nargs="?", help=argparse.SUPPRESS)  # older form
+    p.add_argument("--score", dest="score_opt", type=int, help="1 (poor) .. 5 (excellent)")
     p.set_defaults(func=cmd_rate)
