@@ -13,6 +13,7 @@ from node.contracts import Asset, Customer
 from node.convert import TIER_TO_PB, tier_from_pb
 from node.errors import InvalidArgument
 from node.registry import Registry, checked_id
+from node.roster import Roster
 from node.stats import Ratio, Stats, compute_stats
 from node.tickets import TicketView, iso, parse_iso
 from sundesk.v1 import contracts_pb2 as cpb
@@ -83,11 +84,13 @@ class ContractsService(contracts_pb2_grpc.ContractsServicer):
         breaches: Callable[[str], list[dict[str, Any]]] = lambda queue: [],
         tickets: Callable[[], Iterable[TicketView]] = tuple,
         on_stats: Callable[[Stats], None] | None = None,
+        roster: Roster | None = None,
     ) -> None:
         self._registry = registry
         self._breaches = breaches
         self._tickets = tickets
         self._on_stats = on_stats
+        self._roster = roster or Roster(())
 
     async def RegisterCustomer(
         self, request: cpb.RegisterCustomerRequest, context: aio.ServicerContext
@@ -110,6 +113,17 @@ class ContractsService(contracts_pb2_grpc.ContractsServicer):
     async def ListAssets(self, request: cpb.ListAssetsRequest, context: aio.ServicerContext) -> Any:
         found = self._registry.assets(request.monitored_only, request.customer.strip())
         return cpb.ListAssetsResponse(assets=[asset_to_pb(a) for a in found])
+
+    async def ListEngineers(
+        self, request: cpb.ListEngineersRequest, context: aio.ServicerContext
+    ) -> Any:
+        region = request.region.strip()
+        found = self._roster.region(region) if region else list(self._roster.engineers)
+        return cpb.ListEngineersResponse(
+            engineers=[
+                cpb.Engineer(name=e.name, region=e.region, level=e.level.value) for e in found
+            ]
+        )
 
     async def ListBreaches(
         self, request: cpb.ListBreachesRequest, context: aio.ServicerContext

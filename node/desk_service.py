@@ -13,9 +13,10 @@ from node import convert, rules
 from node.dues import DueClock
 from node.errors import InvalidArgument
 from node.registry import Registry, with_registered
+from node.roster import Roster, open_load, staffing
 from node.sqlite_store import SqliteTicketStore
-from node.store import Change, TicketFilter
-from node.tickets import TicketView
+from node.store import Change, TicketFilter, every_ticket
+from node.tickets import OPEN_STATES, TicketView
 from node.watch import WatchHub
 from sundesk.v1 import desk_pb2 as pb
 from sundesk.v1 import desk_pb2_grpc
@@ -45,6 +46,7 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         tag_ticket: Callable[[str, str], None] | None = None,
         registry: Registry | None = None,
         dues: DueClock | None = None,
+        roster: Roster | None = None,
         now: Callable[[], datetime] | None = None,
     ) -> None:
         self._store = store
@@ -56,6 +58,7 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         self._tag = tag_ticket or (lambda code, queue: None)
         self._registry = registry
         self._dues = dues
+        self._roster = roster
         self._now = now
 
     def _trace_for(self, code: str) -> dict[str, str]:
@@ -107,6 +110,9 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         self._tag(view.code, view.queue)
         return self._to_pb(view)
 
+    def _load(self) -> dict[str, int]:
+        return open_load(every_ticket(self._store, TicketFilter(states=tuple(OPEN_STATES))))
+
     def _registered(self, new: rules.NewTicket) -> rules.NewTicket:
         if self._registry is None:
             return new
@@ -150,12 +156,16 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         change = convert.change_from_pb(request)
         region = self._store.region
         dues = self._dues
+        roster = self._roster
 
         def build(current: TicketView | None, now: datetime) -> tuple[str, dict[str, object]]:
             assert current is not None
             fields = rules.update_fields(current, change, region, now)
             if dues is not None:
                 fields.update(dues.on_update(current, fields))
+            if roster is not None and dues is not None and current.tier is not None:
+                policy = dues.contracts.tier(current.tier)
+                fields.update(staffing(roster, policy, current, fields, self._load))
             return TICKET_UPDATE, fields
 
         view, _ = await self._store.write(code, build, self._trace_for(code))

@@ -27,6 +27,7 @@ from federation.etcd_leases import EtcdOwnership, EtcdSession
 from federation.replication_service import CommitSignal, FederationService
 from federation.replicator import Replicator
 from federation.sun import SunCoordinator, SunHooks
+from node.auto_assign import AutoAssigner
 from node.clock import Clock, SystemClock
 from node.contracts import load_contracts
 from node.contracts_service import ContractsService
@@ -37,10 +38,12 @@ from node.grpc_errors import ErrorInterceptor
 from node.handoff_log import SqliteHandoffLog
 from node.observe import NodeObserver
 from node.registry import Registry
+from node.roster import load_roster
 from node.sla_monitor import SlaMonitor, breach_records
 from node.sqlite_store import SqliteTicketStore
-from node.store import every_ticket
+from node.store import TicketFilter, every_ticket
 from node.sun_service import SunService
+from node.tickets import OPEN_STATES
 from node.watch import WatchHub
 from ops.interceptors import ObservabilityInterceptor
 from ops.metrics import Metrics
@@ -82,6 +85,7 @@ class NodeOptions:
     extra_interceptors: list[aio.ServerInterceptor] = field(default_factory=list)
     contracts_path: Path | None = None  # tier terms; None: node/default_contracts.toml
     sla_period: float = 1.0  # real seconds between the owner's SLA scans
+    roster_path: Path | None = None  # engineers; None: node/default_roster.toml
 
 
 def server_options() -> list[tuple[str, int]]:
@@ -103,6 +107,7 @@ class Node:
         self.region: RegionConfig = config.region(options.region)
         self.clock = clock or SystemClock()
         self.contracts = load_contracts(options.contracts_path)  # a bad file fails first
+        self.roster = load_roster(options.roster_path, config.region_names())
         self.listen = options.listen or self.region.address
         self.store: SqliteTicketStore | None = None
         self.server: aio.Server | None = None
@@ -157,6 +162,7 @@ class Node:
             tag_ticket=obs.tag_ticket,
             registry=self.registry,
             dues=self.dues,
+            roster=self.roster,
             now=self.clock.now,
         )
         interceptors: list[aio.ServerInterceptor] = []
@@ -186,12 +192,22 @@ class Node:
             self.metrics,
             tracer,
             change_carrier=obs.change_carrier if self.options.observability else None,
+            on_owned_ticket=AutoAssigner(
+                self.region.name,
+                self.store,
+                self.contracts,
+                self.roster,
+                partial(every_ticket, self.store, TicketFilter(states=tuple(OPEN_STATES))),
+                self.metrics,
+                tracer,
+            ),
         )
         contracts_pb2_grpc.add_ContractsServicer_to_server(
             ContractsService(
                 self.registry,
                 breaches=partial(breach_records, self.store),
                 tickets=partial(every_ticket, self.store),
+                roster=self.roster,
             ),
             server,
         )

@@ -67,6 +67,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         peer_addresses=_peers(args.peer),
         contracts_path=Path(args.contracts) if args.contracts else None,
         sla_period=args.sla_period,
+        roster_path=Path(args.roster) if args.roster else None,
     )
     asyncio.run(run_node(config, options, _clock(args)))
     return 0
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="", help="where the store lives (default var/REGION)")
     p.add_argument("--config", default=None, help="federation TOML (default: shipped)")
     p.add_argument("--contracts", default=None, help="contracts TOML (default: shipped)")
+    p.add_argument("--roster", default=None, help="engineers TOML (default: shipped)")
     p.add_argument(
         "--sla-period", type=float, default=1.0, help="seconds between the owner's SLA scans"
     )

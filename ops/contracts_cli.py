@@ -208,7 +208,25 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_engineer_list(args: argparse.Namespace) -> int:
+    with Client(args.node) as c:
+        resp = stub(c).ListEngineers(
+            cpb.ListEngineersRequest(region=args.region), timeout=args.timeout
+        )
+    if args.json:
+        print(json.dumps({"engineers": [as_dict(e) for e in resp.engineers]}, indent=2))
+        return 0
+    print_table(["name", "region", "level"], [[e.name, e.region, e.level] for e in resp.engineers])
+    return 0
+
+
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    eng = sub.add_parser("engineer", help="the engineers' roster")
+    esub = eng.add_subparsers(dest="engineer_cmd", required=True, metavar="COMMAND")
+    p = esub.add_parser("list", parents=[common], help="engineers and their levels")
+    p.add_argument("--region", default="")
+    p.set_defaults(func=cmd_engineer_list)
+
     p = sub.add_parser("stats", parents=[common], help="support-centre statistics of a period")
     p.add_argument("--region", default="", help="home region of the tickets (default: all)")
     p.add_argument("--from", dest="start", default="", help="YYYY-MM-DD or ISO instant (UTC)")

@@ -218,6 +218,12 @@ class Metrics:
             buckets=RPC_BUCKETS,
             registry=r,
         )
+        self.auto_assignments_total = Counter(
+            "sundesk_auto_assignments_total",
+            "New tickets assigned by this node as their queue's owner.",
+            ["queue", "tier"],
+            registry=r,
+        )
         self.escalations_total = Counter(
             "sundesk_escalations_total",
             "Escalations, by level reached (L1..L4).",
