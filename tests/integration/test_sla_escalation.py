@@ -1,0 +1,165 @@
+"""A gold ticket nobody answers, on real etcd and five real node processes with a
+simulated clock: the queue's owner assigns it, sees the response target missed, records
+it once and escalates once; all five regions agree, and metrics and stats show it.
+
+The clock runs at 240x (an hour in 15 s), from Wednesday 4 March 2026 09:30 UTC, when
+Germany is open and owns its own queue.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from node.convert import ts_to_iso
+from ops.etcd_process import EtcdServer
+from sundesk.v1 import contracts_pb2 as cpb
+from sundesk.v1 import contracts_pb2_grpc, sun_pb2_grpc
+from sundesk.v1 import desk_pb2 as pb
+from sundesk.v1 import sun_pb2 as spb
+from tests.support.nodes import Federation, NodeProcess, wait_for
+
+pytestmark = pytest.mark.integration
+
+SPEED = 240
+BREACH_METRIC = 'sundesk_sla_breaches_total{queue="germany",target="response",tier="gold"}'
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    base = tmp_path_factory.mktemp("sla")
+    etcd = EtcdServer(base / "etcd").start()
+    f = Federation.make(
+        base,
+        etcd=etcd.endpoint,
+        extra_args=[
+            "--clock-start", "2026-03-04T09:30:00Z", "--speed", str(SPEED),
+            "--clock-origin", repr(time.time()), "--sla-period", "0.25",
+        ],
+    )  # fmt: skip
+    try:
+        yield f.start()
+    finally:
+        f.stop()
+        etcd.close()
+
+
+def contracts(node: NodeProcess) -> contracts_pb2_grpc.ContractsStub:
+    return contracts_pb2_grpc.ContractsStub(grpc.insecure_channel(node.address))
+
+
+def sun_status(node: NodeProcess) -> spb.SunStatus:
+    status: spb.SunStatus = sun_pb2_grpc.SunStub(grpc.insecure_channel(node.address)).GetStatus(
+        spb.SunStatusRequest(), timeout=2
+    )
+    return status
+
+
+def metric(fed: Federation, region: str, series: str) -> float:
+    url = f"http://127.0.0.1:{fed.config.region(region).metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=2) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_an_unanswered_gold_ticket_breaches_and_is_escalated_exactly_once(
+    fed: Federation,
+) -> None:
+    velizy, germany = fed.node("velizy"), fed.node("germany")
+    wait_for(
+        "germany to own its queue",
+        lambda: any(q.queue == "germany" and q.mine for q in sun_status(germany).queues),
+        timeout=30,
+    )
+    customer = cpb.Customer(
+        id="bmw-munich", name="BMW München", home_region="germany", tier=pb.CONTRACT_TIER_GOLD
+    )
+    contracts(velizy).RegisterCustomer(cpb.RegisterCustomerRequest(customer=customer), timeout=5)
+    with velizy.client() as c:
+        created = c.desk.CreateTicket(
+            pb.CreateTicketRequest(title="Line stopped", customer="bmw-munich", priority=1),
+            timeout=5,
+        )
+    code = created.code
+    assert (created.queue, created.tier, created.sla.response) == (
+        "germany",
+        pb.CONTRACT_TIER_GOLD,
+        "ok",
+    )
+
+    def ticket(node: NodeProcess) -> pb.Ticket:
+        """The ticket as ``node`` holds it; empty while it has not replicated there yet."""
+        with node.client() as c:
+            try:
+                t: pb.Ticket = c.desk.GetTicket(pb.GetTicketRequest(code=code), timeout=5)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                return pb.Ticket()
+            return t
+
+    # The owner (Germany) assigns it to a qualified German engineer, never alone.
+    assigned = wait_for("the owner's assignment", lambda: ticket(germany).assignee, timeout=30)
+    t = ticket(germany)
+    assert {assigned, t.second_engineer} <= {"jonas.weber", "lena.fischer"}
+    assert t.second_engineer and t.second_engineer != assigned
+
+    def escalated_everywhere() -> bool:
+        seen = [ticket(n) for n in fed.nodes.values()]
+        return (
+            all(s.sla.response_recorded == "breached" and s.escalation_level == 2 for s in seen)
+            and len({s.digest for s in seen}) == 1
+        )
+
+    # An hour of simulated time is 15 s; the scans run every 0.25 s.
+    wait_for("the breach to be recorded in all five regions", escalated_everywhere, timeout=60)
+
+    def same_breaches() -> list[cpb.Breach] | None:
+        lists = [
+            list(contracts(n).ListBreaches(cpb.ListBreachesRequest(), timeout=5).breaches)
+            for n in fed.nodes.values()
+        ]
+        return lists[0] if all(x == lists[0] for x in lists) else None
+
+    records = wait_for("the same breach records on all five nodes", same_breaches, timeout=20)
+    missed = [b for b in records if b.code == code and b.state == "breached"]
+    assert len(missed) == 1
+    (breach,) = missed
+    owner_epoch = next(q.epoch for q in sun_status(germany).queues if q.queue == "germany")
+    assert (breach.target, breach.region, breach.epoch, breach.escalation_level) == (
+        "response",
+        "germany",
+        owner_epoch,
+        2,
+    )
+    assert breach.due == ts_to_iso(created.response_due)
+
+    def counted() -> dict[str, float]:
+        return {r: metric(fed, r, BREACH_METRIC) for r in fed.nodes}
+
+    assert counted() == {"velizy": 0, "germany": 1, "uk": 0, "us": 0, "japan": 0}
+    escalations = sum(metric(fed, r, 'sundesk_escalations_total{level="L2"}') for r in fed.nodes)
+    assert escalations == 1
+
+    # Thirty more simulated minutes are some thirty scans by the owner: nothing new.
+    due_plus = "2026-03-04T11:00"
+    wait_for("half an hour past the due", lambda: sun_status(germany).now > due_plus, timeout=30)
+    assert counted() == {"velizy": 0, "germany": 1, "uk": 0, "us": 0, "japan": 0}
+    final = same_breaches()
+    assert final is not None
+    assert [b.id for b in final if b.state == "breached"] == [breach.id]
+    japan = fed.node("japan")
+    assert ticket(japan).escalation_level == 2
+
+    # Stats on any region count the case, its breach, and no response met.
+    request = cpb.StatsRequest(region="germany", to="2026-03-05")
+    setattr(request, "from", "2026-03-04")
+    stats = contracts(japan).GetStats(request, timeout=5)
+    assert (stats.opened, stats.open_now, stats.breaches, stats.responded) == (1, 1, 1, 0)
+    assert stats.response_sla.total == 0
