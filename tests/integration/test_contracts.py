@@ -194,3 +194,65 @@ def test_ticket_show_gives_dues_and_time_left(fed: Federation, bosch: cpb.Custom
     assert "resolution due" in shown.stdout and "7h 59m left" in shown.stdout
     walk_in = cli_json(velizy, "ticket", "create", "--title", "?", "--customer", "nobody")
     assert walk_in["response_due"] == "" and walk_in["sla"] is None
+
+
+def test_gold_assignment_respects_levels_and_attaches_a_second_engineer(
+    fed: Federation, bosch: cpb.Customer
+) -> None:
+    velizy = fed.node("velizy")
+    t = cli_json(velizy, "ticket", "create", "--title", "slow", "--customer", "bosch-ulm")
+    junior = cli(velizy, "ticket", "assign", t["code"], "--to", "felix.wagner")
+    assert junior.returncode == 1
+    assert "FAILED_PRECONDITION: assignee felix.wagner is junior" in junior.stderr
+    outsider = cli(velizy, "ticket", "assign", t["code"], "--to", "bob")
+    assert "INVALID_ARGUMENT: assignee 'bob' is not on the roster" in outsider.stderr
+    done = cli_json(velizy, "ticket", "assign", t["code"], "--to", "jonas.weber")
+    assert (done["assignee"], done["second_engineer"]) == ("jonas.weber", "lena.fischer")
+    engineers = cli_json(velizy, "engineer", "list", "--region", "germany")["engineers"]
+    assert {(e["name"], e["level"]) for e in engineers} == {
+        ("jonas.weber", "senior"),
+        ("lena.fischer", "confirmed"),
+        ("felix.wagner", "junior"),
+    }
+
+
+def test_rating_and_stats_through_the_cli(fed: Federation, bosch: cpb.Customer) -> None:
+    germany = fed.node("germany")
+    t = cli_json(germany, "ticket", "create", "--title", "fan noise", "--customer", "bosch-ulm",
+                 "--priority", "3")  # fmt: skip
+    cli_json(germany, "ticket", "assign", t["code"], "--to", "lena.fischer", "--by", "lena")
+    cli_json(germany, "ticket", "resolve", t["code"], "--cause", "fan", "--by", "lena.fischer")
+    bad = cli(germany, "ticket", "rate", t["code"], "--score", "0")
+    assert bad.returncode == 1 and "--score 0 is out of range" in bad.stderr
+    rated = cli_json(germany, "ticket", "rate", t["code"], "--score", "4")
+    assert rated["satisfaction"] == 4
+    day = t["created_at"][:10]
+    stats = cli_json(germany, "stats", "--region", "germany", "--from", day)
+    assert stats["opened"] >= 1 and stats["resolved"] >= 1
+    assert stats["satisfaction"] == {"mean": 4.0, "count": 1}
+    assert any(c["cause"] == "fan" for c in stats["pareto"])
+    table = cli(germany, "stats", "--region", "germany")
+    assert table.returncode == 0 and "satisfaction" in table.stdout and "4.00 / 5" in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "message"),
+    [
+        ({"from": "yesterday"}, "from 'yesterday' is not a date or instant"),
+        ({"to": "2026-03-04T10:00:00"}, "needs a time zone"),
+        ({"from": "2026-03-05", "to": "2026-03-04"}, "is not after from"),
+        ({"region": "mars"}, "region 'mars' is not a region"),
+    ],
+    ids=["bad-from", "naive-to", "empty-period", "unknown-region"],
+)
+def test_bad_stats_requests_are_invalid_arguments(
+    fed: Federation, request_fields: dict[str, str], message: str
+) -> None:
+    request = cpb.StatsRequest()
+    for key, value in request_fields.items():
+        setattr(request, key, value)
+    with fed.node("velizy").client() as c:
+        with pytest.raises(grpc.RpcError) as info:
+            contracts(c).GetStats(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in info.value.details()
