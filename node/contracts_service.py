@@ -83,13 +83,11 @@ class ContractsService(contracts_pb2_grpc.ContractsServicer):
         registry: Registry,
         breaches: Callable[[str], list[dict[str, Any]]] = lambda queue: [],
         tickets: Callable[[], Iterable[TicketView]] = tuple,
-        on_stats: Callable[[Stats], None] | None = None,
         roster: Roster | None = None,
     ) -> None:
         self._registry = registry
         self._breaches = breaches
         self._tickets = tickets
-        self._on_stats = on_stats
         self._roster = roster or Roster(())
 
     async def RegisterCustomer(
@@ -151,8 +149,6 @@ class ContractsService(contracts_pb2_grpc.ContractsServicer):
         missed = sum(
             1 for b in self._breaches("") if b.get("state") == "breached" and b["code"] in cohort
         )
-        if self._on_stats is not None:
-            self._on_stats(stats)
         return stats_to_pb(stats, missed)
 
 

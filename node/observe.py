@@ -18,6 +18,7 @@ from federation.hlc import unpack
 from federation.operations import TICKET_COMMENT, TICKET_CREATE, Operation
 from federation.replicator import PeerState, ReplicationHooks
 from node.clock import Clock
+from node.registry import REGISTRY_OP_KINDS
 from node.store import Change
 from ops.metrics import Metrics
 from ops.tracing import (
@@ -118,6 +119,11 @@ class NodeObserver:
                 created.inc()
             elif op.kind == TICKET_COMMENT:
                 self.metrics.comments_total.inc()
+            elif op.kind in REGISTRY_OP_KINDS:
+                self.metrics.registrations_total.labels(kind=op.kind.partition(".")[2]).inc()
+            score = op.fields.get("satisfaction")
+            if isinstance(score, int) and 1 <= score <= 5:
+                self.metrics.satisfaction_ratings_total.labels(score=str(score)).inc()
             transition = op.fields.get("transition")
             if isinstance(transition, dict):
                 key = (str(transition.get("from", "")), str(transition.get("to", "")))

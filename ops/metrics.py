@@ -218,6 +218,18 @@ class Metrics:
             buckets=RPC_BUCKETS,
             registry=r,
         )
+        self.registrations_total = Counter(
+            "sundesk_registrations_total",
+            "Customers and assets registered on this node (kind: customer or asset).",
+            ["kind"],
+            registry=r,
+        )
+        self.satisfaction_ratings_total = Counter(
+            "sundesk_satisfaction_ratings_total",
+            "Satisfaction ratings recorded on this node, by score (1..5).",
+            ["score"],
+            registry=r,
+        )
         self.auto_assignments_total = Counter(
             "sundesk_auto_assignments_total",
             "New tickets assigned by this node as their queue's owner.",

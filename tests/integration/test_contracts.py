@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,6 +58,15 @@ def cli_json(node: NodeProcess, *args: str) -> Any:
     done = cli(node, *args, "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def _metric(fed: Federation, region: str, series: str) -> float:
+    url = f"http://127.0.0.1:{fed.config.region(region).metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=2) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def contracts(c: Client) -> contracts_pb2_grpc.ContractsStub:
@@ -231,6 +241,8 @@ def test_rating_and_stats_through_the_cli(fed: Federation, bosch: cpb.Customer) 
     assert stats["opened"] >= 1 and stats["resolved"] >= 1
     assert stats["satisfaction"] == {"mean": 4.0, "count": 1}
     assert any(c["cause"] == "fan" for c in stats["pareto"])
+    assert _metric(fed, "germany", 'sundesk_satisfaction_ratings_total{score="4"}') == 1
+    assert _metric(fed, "velizy", 'sundesk_registrations_total{kind="customer"}') == 1
     table = cli(germany, "stats", "--region", "germany")
     assert table.returncode == 0 and "satisfaction" in table.stdout and "4.00 / 5" in table.stdout
 
