@@ -44,7 +44,8 @@ from grpc import aio
 from node.clock import Clock, SystemClock
 from node.errors import InvalidArgument, PermissionDenied, SundeskError, Unauthenticated
 from node.grpc_errors import status_of
-from node.limits import RateLimiter
+from node.limits import RateLimited, RateLimiter
+from node.stamping import stamp_actor, stamps
 from ops.certs import region_of_peer
 
 AGENT, ONCALL, OPS, MACHINE, NODE = "agent", "oncall", "ops", "machine", "node"
@@ -55,7 +56,9 @@ READERS = frozenset({AGENT, ONCALL, OPS})
 FEDERATION = "sundesk.v1.Federation"
 TELEMETRY = "sundesk.v1.Telemetry"
 DESK = "sundesk.v1.Desk"
+SUN = "sundesk.v1.Sun"
 ACK_HANDOFF = "sundesk.v1.Sun/AckHandoff"
+FEDERATION_STATUS = "sundesk.v1.Federation/Status"
 log = logging.getLogger("sundesk.auth")
 
 OPEN_SERVICES = frozenset(
@@ -258,8 +261,8 @@ def is_read(method: str) -> bool:
 
 
 def needs_request(method: str) -> bool:
-    """Whether ``authorize`` must see the request message (the machine's asset)."""
-    return split_method(method)[0] == TELEMETRY
+    """Whether ``authorize`` must see the request (the machine's asset, the actor)."""
+    return split_method(method)[0] == TELEMETRY or stamps(method)
 
 
 def authorize_role(claims: Claims, method: str) -> None:
@@ -272,6 +275,8 @@ def authorize_role(claims: Claims, method: str) -> None:
 
     if claims.role == NODE:
         raise deny("node is for federation peers, which present a node certificate, not a token")
+    if path == FEDERATION_STATUS and claims.role == OPS:
+        return
     if service == FEDERATION:
         raise deny("the federation API is for regional nodes only (node certificate)")
     if service == TELEMETRY:
@@ -288,12 +293,12 @@ def authorize_role(claims: Claims, method: str) -> None:
         if claims.role in (ONCALL, AGENT):
             return
         raise deny("handoffs are acknowledged by on-call engineers and agents")
-    if service == DESK:
+    if service in (DESK, SUN):
         if claims.role == AGENT:
             return
         if claims.role == OPS:
             raise deny("ops is read-only")
-        raise deny(f"ticket changes are made by agents; {claims.role} only reads tickets")
+        raise deny(f"changes are made by agents; {claims.role} only reads tickets and queues")
     if claims.role == OPS:
         raise deny("ops is read-only")
     raise deny("no rule allows it")
@@ -302,7 +307,11 @@ def authorize_role(claims: Claims, method: str) -> None:
 def authorize(claims: Claims, method: str, request: object | None = None) -> None:
     """Raise ``PermissionDenied`` unless the caller with ``claims`` may make this call."""
     authorize_role(claims, method)
-    if needs_request(method):
+    if stamps(method):
+        if request is None:
+            raise PermissionDenied(f"{method} is checked against its request; none was given")
+        stamp_actor(claims.subject, method, request)
+    if split_method(method)[0] == TELEMETRY:
         if request is None:
             raise PermissionDenied(f"{method} is checked against its request; none was given")
         asset = getattr(request, "asset", None)
@@ -339,12 +348,14 @@ class AuthInterceptor(aio.ServerInterceptor):
         require_tokens: bool = True,
         clock: Clock | None = None,
         limiter: RateLimiter | None = None,
+        on_rate_limited: Callable[[], None] | None = None,
     ) -> None:
         _check_secret(secret)
         self._secret = secret
         self._require_tokens = require_tokens
         self._clock = clock or SystemClock()
         self._limiter = limiter
+        self._on_rate_limited = on_rate_limited
 
     async def intercept_service(
         self,
@@ -365,6 +376,11 @@ class AuthInterceptor(aio.ServerInterceptor):
         service, _ = split_method(method)
         if service == FEDERATION:
             region = region_of_peer(context.auth_context())
+            if region is None and method[1:] == FEDERATION_STATUS and _has_token(metadata):
+                claims = self._claims(method, metadata)
+                assert claims is not None
+                authorize_role(claims, method)  # ops may read a node's status
+                return claims, None
             if region is None:
                 raise PermissionDenied(
                     f"{method[1:]} is for regional nodes only: the caller did not present "
@@ -375,7 +391,12 @@ class AuthInterceptor(aio.ServerInterceptor):
         if claims is not None:
             authorize_role(claims, method)
         if self._limiter is not None and not is_read(method):
-            self._limiter.check(claims.caller if claims else _peer_host(context))
+            try:
+                self._limiter.check(claims.caller if claims else _peer_host(context))
+            except RateLimited:
+                if self._on_rate_limited is not None:
+                    self._on_rate_limited()
+                raise
         return claims, None
 
     def _claims(self, method: str, metadata: tuple[Any, ...]) -> Claims | None:
@@ -395,6 +416,10 @@ class AuthInterceptor(aio.ServerInterceptor):
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("the authorization header must be 'Bearer <token>'")
         return verify_token(self._secret, token.strip(), self._clock.now())
+
+
+def _has_token(metadata: tuple[Any, ...]) -> bool:
+    return any(key.lower() == "authorization" for key, _ in metadata)
 
 
 def _peer_host(context: aio.ServicerContext) -> str:
@@ -429,6 +454,8 @@ class _Gate:
         # Each RPC runs in its own task, so these stay within this call.
         current_claims.set(claims)
         current_peer_region.set(region)
+        if region is not None and stream_in:
+            return self._claimed_by(region, arg, context)
         if claims is None or not needs_request(self.method):
             return arg
         if stream_in:
@@ -442,6 +469,22 @@ class _Gate:
         except Exception as exc:
             await _refuse(context, exc)
             raise
+
+    async def _claimed_by(
+        self, region: str, requests: AsyncIterator[Any], context: aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """A peer pulls as the region its certificate names, never as another."""
+        async for request in requests:
+            claimed = getattr(request, "region", region)
+            if claimed != region:
+                await _refuse(
+                    context,
+                    PermissionDenied(
+                        f"{self.method[1:]}: the caller's node certificate is {region}'s, "
+                        f"but it claims to be {claimed!r}; a node pulls as itself only"
+                    ),
+                )
+            yield request
 
     async def _checked(
         self, claims: Claims, requests: AsyncIterator[Any], context: aio.ServicerContext

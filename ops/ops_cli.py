@@ -16,7 +16,7 @@ from rich.table import Table
 from node.errors import FailedPrecondition, NotFound
 from ops.client import Client
 from ops.collector import SpanStore, render_waterfall, ticket_trace
-from ops.local import DEFAULT_DIR, LocalFederation, pid_alive
+from ops.local import DEFAULT_DIR, LocalFederation, operator_credentials, pid_alive
 from sundesk.v1 import sun_pb2 as spb
 from sundesk.v1 import sun_pb2_grpc
 
@@ -71,7 +71,8 @@ def gather(base: Path) -> dict[str, Any]:
         if not r["healthy"]:
             continue
         try:
-            with Client(state["nodes"][region]["address"]) as c:
+            creds = operator_credentials(Path(state["certs"]) if state.get("certs") else None)
+            with Client(state["nodes"][region]["address"], creds) as c:
                 sun = sun_pb2_grpc.SunStub(c.channel).GetStatus(spb.SunStatusRequest(), timeout=2)
         except grpc.RpcError:
             continue
