@@ -43,7 +43,7 @@ from grpc import aio
 
 from node.clock import Clock, SystemClock
 from node.errors import InvalidArgument, PermissionDenied, SundeskError, Unauthenticated
-from node.grpc_errors import status_of
+from node.grpc_errors import MalformedRequest, status_of
 from node.limits import RateLimited, RateLimiter
 from node.stamping import stamp_actor, stamps
 from ops.certs import region_of_peer
@@ -456,8 +456,8 @@ class _Gate:
         current_peer_region.set(region)
         if region is not None and stream_in:
             return self._claimed_by(region, arg, context)
-        if claims is None or not needs_request(self.method):
-            return arg
+        if claims is None or not needs_request(self.method) or isinstance(arg, MalformedRequest):
+            return arg  # a malformed request is refused by the error interceptor
         if stream_in:
             return self._checked(claims, arg, context)
         await self._check(claims, arg, context)
@@ -490,7 +490,8 @@ class _Gate:
         self, claims: Claims, requests: AsyncIterator[Any], context: aio.ServicerContext
     ) -> AsyncIterator[Any]:
         async for request in requests:
-            await self._check(claims, request, context)
+            if not isinstance(request, MalformedRequest):
+                await self._check(claims, request, context)
             yield request
 
 
