@@ -35,12 +35,14 @@ from sundesk.v1 import desk_pb2_grpc
 async def measure_secure(
     address: str, creds: ClientCredentials, in_flight: int, seconds: float
 ) -> Result:
-    async with grpc.aio.secure_channel(address, creds.channel_credentials()) as channel:
+    metadata = creds.metadata()
+    async with grpc.aio.secure_channel(address, creds.tls()) as channel:
         stub = desk_pb2_grpc.DeskStub(channel)
 
         async def call(i: int) -> object:
             return await stub.CreateTicket(
-                pb.CreateTicketRequest(title=f"bench ticket {i}", customer="bench", priority=3)
+                pb.CreateTicketRequest(title=f"bench ticket {i}", customer="bench", priority=3),
+                metadata=metadata,
             )
 
         return await closed_loop(call, in_flight, seconds)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextvars
+import functools
 import hashlib
 import hmac
 import inspect
@@ -33,6 +34,7 @@ import json
 import logging
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,6 +72,7 @@ OPEN_SERVICES = frozenset(
 )
 
 MIN_SECRET_BYTES = 32
+VERIFIED_CACHE = 4096  # tokens remembered as verified
 MAX_TOKEN_CHARS = 4096  # refuse to decode anything bigger: a token is a few hundred bytes
 TOKEN_VERSION = 1
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -239,6 +242,7 @@ def _is_int(value: object) -> bool:
 # ----- policy -----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and asked on every call
 def split_method(method: str) -> tuple[str, str]:
     """``/sundesk.v1.Desk/CreateTicket`` -> (``sundesk.v1.Desk``, ``CreateTicket``)."""
     match = _METHOD.match(method)
@@ -247,12 +251,14 @@ def split_method(method: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and asked on every call
 def is_open(method: str) -> bool:
     """Health checking and reflection: no token, no node certificate."""
     service, _, _ = method.lstrip("/").partition("/")
     return service in OPEN_SERVICES
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and asked on every call
 def is_read(method: str) -> bool:
     service, name = split_method(method)
     if service in (FEDERATION, TELEMETRY):
@@ -260,6 +266,7 @@ def is_read(method: str) -> bool:
     return name == "Status" or name.startswith(("Get", "List", "Watch"))
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and asked on every call
 def needs_request(method: str) -> bool:
     """Whether ``authorize`` must see the request (the machine's asset, the actor)."""
     return split_method(method)[0] == TELEMETRY or stamps(method)
@@ -304,9 +311,25 @@ def authorize_role(claims: Claims, method: str) -> None:
     raise deny("no rule allows it")
 
 
+@functools.lru_cache(maxsize=4096)
+def _role_denial(role: str, method: str) -> str | None:
+    """``authorize_role`` remembered per (role, method): it reads nothing else."""
+    try:
+        authorize_role(Claims(role), method)
+    except PermissionDenied as exc:
+        return str(exc)
+    return None
+
+
+def check_role(claims: Claims, method: str) -> None:
+    denial = _role_denial(claims.role, method)
+    if denial is not None:
+        raise PermissionDenied(denial)
+
+
 def authorize(claims: Claims, method: str, request: object | None = None) -> None:
     """Raise ``PermissionDenied`` unless the caller with ``claims`` may make this call."""
-    authorize_role(claims, method)
+    check_role(claims, method)
     if stamps(method):
         if request is None:
             raise PermissionDenied(f"{method} is checked against its request; none was given")
@@ -356,18 +379,28 @@ class AuthInterceptor(aio.ServerInterceptor):
         self._clock = clock or SystemClock()
         self._limiter = limiter
         self._on_rate_limited = on_rate_limited
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        # Verified tokens: an HMAC, two base64 decodings and a JSON parse saved per call.
+        # Expiry is still checked on every use; only genuine tokens are kept.
+        self._verified: OrderedDict[str, Claims] = OrderedDict()
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method  # type: ignore[attr-defined]
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
         if handler is None or is_open(method):
             return handler
-        metadata = tuple(handler_call_details.invocation_metadata or ())  # type: ignore[attr-defined]
-        return _guarded(handler, _Gate(self, method, metadata))
+        # One guarded handler per method: the gate reads each call's metadata from its
+        # context, so nothing is rebuilt per call.
+        guarded = _guarded(handler, _Gate(self, method))
+        self._handlers[method] = guarded
+        return guarded
 
     def admit(
         self, method: str, metadata: tuple[Any, ...], context: aio.ServicerContext
@@ -379,7 +412,7 @@ class AuthInterceptor(aio.ServerInterceptor):
             if region is None and method[1:] == FEDERATION_STATUS and _has_token(metadata):
                 claims = self._claims(method, metadata)
                 assert claims is not None
-                authorize_role(claims, method)  # ops may read a node's status
+                check_role(claims, method)  # ops may read a node's status
                 return claims, None
             if region is None:
                 raise PermissionDenied(
@@ -389,7 +422,7 @@ class AuthInterceptor(aio.ServerInterceptor):
             return None, region
         claims = self._claims(method, metadata)
         if claims is not None:
-            authorize_role(claims, method)
+            check_role(claims, method)
         if self._limiter is not None and not is_read(method):
             try:
                 self._limiter.check(claims.caller if claims else _peer_host(context))
@@ -415,7 +448,19 @@ class AuthInterceptor(aio.ServerInterceptor):
         scheme, _, token = text.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("the authorization header must be 'Bearer <token>'")
-        return verify_token(self._secret, token.strip(), self._clock.now())
+        return self._verify(token.strip())
+
+    def _verify(self, token: str) -> Claims:
+        now = self._clock.now()
+        claims = self._verified.get(token)
+        if claims is not None and (claims.expires_at is None or _epoch(now) < claims.expires_at):
+            self._verified.move_to_end(token)
+            return claims
+        claims = verify_token(self._secret, token, now)
+        self._verified[token] = claims
+        if len(self._verified) > VERIFIED_CACHE:
+            self._verified.popitem(last=False)
+        return claims
 
 
 def _has_token(metadata: tuple[Any, ...]) -> bool:
@@ -442,12 +487,12 @@ class _Gate:
 
     auth: AuthInterceptor
     method: str
-    metadata: tuple[Any, ...]
 
     async def enter(self, arg: Any, context: aio.ServicerContext, stream_in: bool) -> Any:
         """Admit the caller and check the request; return what the handler should get."""
         try:
-            claims, region = self.auth.admit(self.method, self.metadata, context)
+            metadata = tuple(context.invocation_metadata() or ())
+            claims, region = self.auth.admit(self.method, metadata, context)
         except Exception as exc:
             await _refuse(context, exc)
             raise
