@@ -36,7 +36,9 @@ from sundesk.v1 import sun_pb2_grpc
 def planned_gaps(days: float) -> tuple[list[float], int]:
     base = Path(tempfile.mkdtemp(prefix="sundesk-bench-"))
     try:
-        state = local.up(base, clock_start="2026-03-04T05:00:00Z", speed=3600, collector=False)
+        state = local.up(
+            base, clock_start="2026-03-04T05:00:00Z", speed=3600, collector=False, insecure=True
+        )
         watcher = OwnerWatcher(state["etcd"]["endpoint"])
         try:
             time.sleep(days * 24)  # a simulated day takes 24 real seconds at 3600x
@@ -64,7 +66,9 @@ def failovers(trials: int) -> list[float]:
     base = Path(tempfile.mkdtemp(prefix="sundesk-bench-"))
     times: list[float] = []
     try:
-        state = local.up(base, clock_start="2026-03-04T09:30:00Z", speed=60, collector=False)
+        state = local.up(
+            base, clock_start="2026-03-04T09:30:00Z", speed=60, collector=False, insecure=True
+        )
         watcher = OwnerWatcher(state["etcd"]["endpoint"])
         try:
             for _ in range(trials):

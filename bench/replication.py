@@ -128,7 +128,7 @@ async def wait_until(check: object, within: float) -> None:
 def lag_bench(rate: float, seconds: float, wan: bool) -> tuple[float, float, int]:
     base = Path(tempfile.mkdtemp(prefix="sundesk-bench-"))
     try:
-        state = local.up(base, wan=wan, collector=False)
+        state = local.up(base, wan=wan, collector=False, insecure=True)
         nodes = {r: n["address"] for r, n in state["nodes"].items()}
         try:
             lags = asyncio.run(lag_run(nodes, rate, seconds))
@@ -154,7 +154,7 @@ async def _load(address: str, total: int, in_flight: int = 64) -> None:
 def catchup_bench(total: int) -> tuple[float, float]:
     base = Path(tempfile.mkdtemp(prefix="sundesk-bench-"))
     try:
-        state = local.up(base, collector=False)
+        state = local.up(base, collector=False, insecure=True)
         nodes = {r: n["address"] for r, n in state["nodes"].items()}
         try:
             local.kill(base, "japan")

@@ -30,8 +30,10 @@ from collections.abc import AsyncGenerator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 import aetcd
+import grpc
 from aetcd import rpc, transactions
 
+from federation.etcd_tls import etcd_client
 from federation.leases import (
     MEMBERS_PREFIX,
     OWNERS_PREFIX,
@@ -109,6 +111,7 @@ class EtcdSession:
         *,
         address: str = "",
         call_timeout: float = 2.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         if ttl <= 0 or call_timeout <= 0:
             raise InvalidArgument("session ttl and call_timeout must be positive")
@@ -119,8 +122,9 @@ class EtcdSession:
         self.address = address
         self.call_timeout = call_timeout
         host, port, self.endpoints = _grpc_target(endpoints)
-        self.client = aetcd.Client(
-            host=host, port=port, timeout=call_timeout, options=dict(_CHANNEL_OPTIONS)
+        # With credentials: mTLS to an etcd that requires client certificates.
+        self.client = etcd_client(
+            host, port, credentials, timeout=call_timeout, options=dict(_CHANNEL_OPTIONS)
         )
         self._lease: int | None = None
         self._stale_lease: int | None = None  # lost, revoked before a new grant

@@ -72,6 +72,7 @@ class Replicator:
         hooks: ReplicationHooks | None = None,
         max_batch: int = 2000,
         seed: int | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._store = store
         self.region = region
@@ -81,6 +82,7 @@ class Replicator:
         self._max_batch = max_batch
         self._rng = random.Random(seed)
         self._tasks: list[asyncio.Task[None]] = []
+        self._credentials = credentials  # mTLS with our node certificate; None: plaintext
 
     def start(self) -> None:
         for peer in self.peers.values():
@@ -134,7 +136,7 @@ class Replicator:
             await asyncio.sleep(delay)
 
     async def _pull(self, peer: PeerState) -> None:
-        async with aio.insecure_channel(peer.address, options=CHANNEL_OPTIONS) as channel:
+        async with self._channel(peer.address) as channel:
             stub = federation_pb2_grpc.FederationStub(channel)
             peer.updates = asyncio.Queue()
             first = fpb.PullRequest(
@@ -158,6 +160,11 @@ class Replicator:
                     await self._on_batch(peer, batch)
             finally:
                 call.cancel()
+
+    def _channel(self, address: str) -> aio.Channel:
+        if self._credentials is None:
+            return aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return aio.secure_channel(address, self._credentials, options=CHANNEL_OPTIONS)
 
     async def _on_batch(self, peer: PeerState, batch: fpb.OperationBatch) -> None:
         peer.last_seen = time.monotonic()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextvars
+import functools
 import hashlib
 import hmac
 import inspect
@@ -33,6 +34,7 @@ import json
 import logging
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,8 +45,9 @@ from grpc import aio
 
 from node.clock import Clock, SystemClock
 from node.errors import InvalidArgument, PermissionDenied, SundeskError, Unauthenticated
-from node.grpc_errors import status_of
-from node.limits import RateLimiter
+from node.grpc_errors import MalformedRequest, status_of
+from node.limits import RateLimited, RateLimiter
+from node.stamping import stamp_actor, stamps
 from ops.certs import region_of_peer
 
 AGENT, ONCALL, OPS, MACHINE, NODE = "agent", "oncall", "ops", "machine", "node"
@@ -55,7 +58,9 @@ READERS = frozenset({AGENT, ONCALL, OPS})
 FEDERATION = "sundesk.v1.Federation"
 TELEMETRY = "sundesk.v1.Telemetry"
 DESK = "sundesk.v1.Desk"
+SUN = "sundesk.v1.Sun"
 ACK_HANDOFF = "sundesk.v1.Sun/AckHandoff"
+FEDERATION_STATUS = "sundesk.v1.Federation/Status"
 log = logging.getLogger("sundesk.auth")
 
 OPEN_SERVICES = frozenset(
@@ -67,6 +72,7 @@ OPEN_SERVICES = frozenset(
 )
 
 MIN_SECRET_BYTES = 32
+VERIFIED_CACHE = 4096  # tokens remembered as verified
 MAX_TOKEN_CHARS = 4096  # refuse to decode anything bigger: a token is a few hundred bytes
 TOKEN_VERSION = 1
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -236,6 +242,7 @@ def _is_int(value: object) -> bool:
 # ----- policy -----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and asked on every call
 def split_method(method: str) -> tuple[str, str]:
     """``/sundesk.v1.Desk/CreateTicket`` -> (``sundesk.v1.Desk``, ``CreateTicket``)."""
     match = _METHOD.match(method)
@@ -244,12 +251,14 @@ def split_method(method: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and asked on every call
 def is_open(method: str) -> bool:
     """Health checking and reflection: no token, no node certificate."""
     service, _, _ = method.lstrip("/").partition("/")
     return service in OPEN_SERVICES
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and asked on every call
 def is_read(method: str) -> bool:
     service, name = split_method(method)
     if service in (FEDERATION, TELEMETRY):
@@ -257,9 +266,10 @@ def is_read(method: str) -> bool:
     return name == "Status" or name.startswith(("Get", "List", "Watch"))
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and asked on every call
 def needs_request(method: str) -> bool:
-    """Whether ``authorize`` must see the request message (the machine's asset)."""
-    return split_method(method)[0] == TELEMETRY
+    """Whether ``authorize`` must see the request (the machine's asset, the actor)."""
+    return split_method(method)[0] == TELEMETRY or stamps(method)
 
 
 def authorize_role(claims: Claims, method: str) -> None:
@@ -272,6 +282,8 @@ def authorize_role(claims: Claims, method: str) -> None:
 
     if claims.role == NODE:
         raise deny("node is for federation peers, which present a node certificate, not a token")
+    if path == FEDERATION_STATUS and claims.role == OPS:
+        return
     if service == FEDERATION:
         raise deny("the federation API is for regional nodes only (node certificate)")
     if service == TELEMETRY:
@@ -288,21 +300,41 @@ def authorize_role(claims: Claims, method: str) -> None:
         if claims.role in (ONCALL, AGENT):
             return
         raise deny("handoffs are acknowledged by on-call engineers and agents")
-    if service == DESK:
+    if service in (DESK, SUN):
         if claims.role == AGENT:
             return
         if claims.role == OPS:
             raise deny("ops is read-only")
-        raise deny(f"ticket changes are made by agents; {claims.role} only reads tickets")
+        raise deny(f"changes are made by agents; {claims.role} only reads tickets and queues")
     if claims.role == OPS:
         raise deny("ops is read-only")
     raise deny("no rule allows it")
 
 
+@functools.lru_cache(maxsize=4096)
+def _role_denial(role: str, method: str) -> str | None:
+    """``authorize_role`` remembered per (role, method): it reads nothing else."""
+    try:
+        authorize_role(Claims(role), method)
+    except PermissionDenied as exc:
+        return str(exc)
+    return None
+
+
+def check_role(claims: Claims, method: str) -> None:
+    denial = _role_denial(claims.role, method)
+    if denial is not None:
+        raise PermissionDenied(denial)
+
+
 def authorize(claims: Claims, method: str, request: object | None = None) -> None:
     """Raise ``PermissionDenied`` unless the caller with ``claims`` may make this call."""
-    authorize_role(claims, method)
-    if needs_request(method):
+    check_role(claims, method)
+    if stamps(method):
+        if request is None:
+            raise PermissionDenied(f"{method} is checked against its request; none was given")
+        stamp_actor(claims.subject, method, request)
+    if split_method(method)[0] == TELEMETRY:
         if request is None:
             raise PermissionDenied(f"{method} is checked against its request; none was given")
         asset = getattr(request, "asset", None)
@@ -339,24 +371,36 @@ class AuthInterceptor(aio.ServerInterceptor):
         require_tokens: bool = True,
         clock: Clock | None = None,
         limiter: RateLimiter | None = None,
+        on_rate_limited: Callable[[], None] | None = None,
     ) -> None:
         _check_secret(secret)
         self._secret = secret
         self._require_tokens = require_tokens
         self._clock = clock or SystemClock()
         self._limiter = limiter
+        self._on_rate_limited = on_rate_limited
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        # Verified tokens: an HMAC, two base64 decodings and a JSON parse saved per call.
+        # Expiry is still checked on every use; only genuine tokens are kept.
+        self._verified: OrderedDict[str, Claims] = OrderedDict()
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method  # type: ignore[attr-defined]
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
         if handler is None or is_open(method):
             return handler
-        metadata = tuple(handler_call_details.invocation_metadata or ())  # type: ignore[attr-defined]
-        return _guarded(handler, _Gate(self, method, metadata))
+        # One guarded handler per method: the gate reads each call's metadata from its
+        # context, so nothing is rebuilt per call.
+        guarded = _guarded(handler, _Gate(self, method))
+        self._handlers[method] = guarded
+        return guarded
 
     def admit(
         self, method: str, metadata: tuple[Any, ...], context: aio.ServicerContext
@@ -365,6 +409,11 @@ class AuthInterceptor(aio.ServerInterceptor):
         service, _ = split_method(method)
         if service == FEDERATION:
             region = region_of_peer(context.auth_context())
+            if region is None and method[1:] == FEDERATION_STATUS and _has_token(metadata):
+                claims = self._claims(method, metadata)
+                assert claims is not None
+                check_role(claims, method)  # ops may read a node's status
+                return claims, None
             if region is None:
                 raise PermissionDenied(
                     f"{method[1:]} is for regional nodes only: the caller did not present "
@@ -373,9 +422,14 @@ class AuthInterceptor(aio.ServerInterceptor):
             return None, region
         claims = self._claims(method, metadata)
         if claims is not None:
-            authorize_role(claims, method)
+            check_role(claims, method)
         if self._limiter is not None and not is_read(method):
-            self._limiter.check(claims.caller if claims else _peer_host(context))
+            try:
+                self._limiter.check(claims.caller if claims else _peer_host(context))
+            except RateLimited:
+                if self._on_rate_limited is not None:
+                    self._on_rate_limited()
+                raise
         return claims, None
 
     def _claims(self, method: str, metadata: tuple[Any, ...]) -> Claims | None:
@@ -394,7 +448,23 @@ class AuthInterceptor(aio.ServerInterceptor):
         scheme, _, token = text.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("the authorization header must be 'Bearer <token>'")
-        return verify_token(self._secret, token.strip(), self._clock.now())
+        return self._verify(token.strip())
+
+    def _verify(self, token: str) -> Claims:
+        now = self._clock.now()
+        claims = self._verified.get(token)
+        if claims is not None and (claims.expires_at is None or _epoch(now) < claims.expires_at):
+            self._verified.move_to_end(token)
+            return claims
+        claims = verify_token(self._secret, token, now)
+        self._verified[token] = claims
+        if len(self._verified) > VERIFIED_CACHE:
+            self._verified.popitem(last=False)
+        return claims
+
+
+def _has_token(metadata: tuple[Any, ...]) -> bool:
+    return any(key.lower() == "authorization" for key, _ in metadata)
 
 
 def _peer_host(context: aio.ServicerContext) -> str:
@@ -417,20 +487,22 @@ class _Gate:
 
     auth: AuthInterceptor
     method: str
-    metadata: tuple[Any, ...]
 
     async def enter(self, arg: Any, context: aio.ServicerContext, stream_in: bool) -> Any:
         """Admit the caller and check the request; return what the handler should get."""
         try:
-            claims, region = self.auth.admit(self.method, self.metadata, context)
+            metadata = tuple(context.invocation_metadata() or ())
+            claims, region = self.auth.admit(self.method, metadata, context)
         except Exception as exc:
             await _refuse(context, exc)
             raise
         # Each RPC runs in its own task, so these stay within this call.
         current_claims.set(claims)
         current_peer_region.set(region)
-        if claims is None or not needs_request(self.method):
-            return arg
+        if region is not None and stream_in:
+            return self._claimed_by(region, arg, context)
+        if claims is None or not needs_request(self.method) or isinstance(arg, MalformedRequest):
+            return arg  # a malformed request is refused by the error interceptor
         if stream_in:
             return self._checked(claims, arg, context)
         await self._check(claims, arg, context)
@@ -443,11 +515,28 @@ class _Gate:
             await _refuse(context, exc)
             raise
 
+    async def _claimed_by(
+        self, region: str, requests: AsyncIterator[Any], context: aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """A peer pulls as the region its certificate names, never as another."""
+        async for request in requests:
+            claimed = getattr(request, "region", region)
+            if claimed != region:
+                await _refuse(
+                    context,
+                    PermissionDenied(
+                        f"{self.method[1:]}: the caller's node certificate is {region}'s, "
+                        f"but it claims to be {claimed!r}; a node pulls as itself only"
+                    ),
+                )
+            yield request
+
     async def _checked(
         self, claims: Claims, requests: AsyncIterator[Any], context: aio.ServicerContext
     ) -> AsyncIterator[Any]:
         async for request in requests:
-            await self._check(claims, request, context)
+            if not isinstance(request, MalformedRequest):
+                await self._check(claims, request, context)
             yield request
 
 

@@ -2,7 +2,10 @@
 
 ``ErrorInterceptor`` wraps every handler: a ``SundeskError`` becomes its status with the
 error's message; anything unexpected is logged with its traceback here and reaches the
-client as INTERNAL with an incident id, never as a traceback.
+client as INTERNAL with an incident id, never as a traceback. Bytes that do not parse as
+the method's request message become INVALID_ARGUMENT (gRPC alone would answer UNKNOWN
+with the parser's exception): the deserializer hands a ``MalformedRequest`` on instead
+of raising, and the wrapped handler refuses it before the servicer sees it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from node.errors import SundeskError
+from node.errors import InvalidArgument, SundeskError
 
 log = logging.getLogger("sundesk.grpc")
 
@@ -32,9 +35,46 @@ async def _abort(context: aio.ServicerContext, exc: Exception) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error {incident}; see the node's log")
 
 
+class MalformedRequest:
+    """What a request that could not be parsed turns into; never reaches a servicer."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(self.message)
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+    owner = getattr(deserialize, "__self__", None)
+    name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:
+            return MalformedRequest(
+                f"the request is not a valid {name} message ({len(data)} bytes that do not "
+                "parse as protobuf); send the message the method expects"
+            )
+
+    return parse
+
+
+async def _parsed(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, MalformedRequest):
+            raise request.error()
+        yield request
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
         try:
+            if isinstance(request, MalformedRequest):
+                raise request.error()
             return await behavior(request, context)
         except aio.AbortError:
             raise
@@ -44,9 +84,15 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
     return handler
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    behavior: Callable[..., AsyncIterator[Any]], stream_in: bool = False
+) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
         try:
+            if isinstance(request, MalformedRequest):
+                raise request.error()
+            if stream_in:
+                request = _parsed(request)
             async for item in behavior(request, context):
                 yield item
         except aio.AbortError:
@@ -84,20 +130,20 @@ def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             _wrap_unary(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
             _wrap_stream(handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     if handler.stream_stream is not None:
         # The first argument is the request iterator; the wrapper passes it through.
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream),
-            request_deserializer=handler.request_deserializer,
+            _wrap_stream(handler.stream_stream, stream_in=True),
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     return handler

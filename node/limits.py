@@ -1,4 +1,9 @@
-"""Per-caller rate limits on writes: a token bucket per caller, in bounded memory.
+"""Limits of a node, and per-caller rate limits on writes (a token bucket per caller).
+
+``NodeLimits`` gathers what keeps one bad client from starving a region: the largest
+request a node reads, the calls it runs at once (beyond that gRPC answers
+RESOURCE_EXHAUSTED at once instead of queueing), and the write rate per caller. Pages
+are capped by the Desk service (500 tickets) and watch queues by the watch hub.
 
 Each caller (a token's subject, or a machine's asset) may make ``burst`` writes at once
 and then ``rate_per_s`` per second. Buckets live in an LRU of ``max_callers``; a caller
@@ -12,10 +17,35 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from node.errors import InvalidArgument, ResourceExhausted
 
 DEFAULT_MAX_CALLERS = 10_000
+
+
+@dataclass(frozen=True)
+class NodeLimits:
+    # A ticket with a long description is a few kB; a megabyte is already generous.
+    max_request_bytes: int = 1024 * 1024
+    # In-flight calls, replication streams and watches included.
+    max_concurrent_rpcs: int = 512
+    # A person or a script writes a few times a second; bursts absorb a batch import.
+    write_rate_per_s: float = 200.0
+    write_burst: int = 400
+
+    def __post_init__(self) -> None:
+        if self.max_request_bytes < 1024:
+            raise InvalidArgument(f"max request size {self.max_request_bytes} is below 1 kB")
+        if self.max_concurrent_rpcs < 16:
+            raise InvalidArgument(
+                f"max concurrent calls {self.max_concurrent_rpcs} is below 16: replication "
+                "streams alone need one per peer"
+            )
+        RateLimiter(self.write_rate_per_s, self.write_burst)  # validates both
+
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.write_rate_per_s, self.write_burst)
 
 
 class RateLimited(ResourceExhausted):
@@ -75,4 +105,4 @@ class RateLimiter:
             self._buckets.popitem(last=False)
 
 
-__all__ = ["RateLimited", "RateLimiter"]
+__all__ = ["NodeLimits", "RateLimited", "RateLimiter"]

@@ -36,6 +36,7 @@ from node.dues import DueClock
 from node.errors import StorageError, SundeskError, Unavailable
 from node.grpc_errors import ErrorInterceptor
 from node.handoff_log import SqliteHandoffLog
+from node.limits import NodeLimits
 from node.observe import NodeObserver
 from node.registry import Registry
 from node.roster import load_roster
@@ -44,6 +45,7 @@ from node.sqlite_store import SqliteTicketStore
 from node.store import TicketFilter, every_ticket
 from node.sun_service import SunService
 from node.tickets import OPEN_STATES
+from node.trust import NodeTrust
 from node.watch import WatchHub
 from ops.interceptors import ObservabilityInterceptor
 from ops.metrics import Metrics
@@ -86,14 +88,20 @@ class NodeOptions:
     contracts_path: Path | None = None  # tier terms; None: node/default_contracts.toml
     sla_period: float = 1.0  # real seconds between the owner's SLA scans
     roster_path: Path | None = None  # engineers; None: node/default_roster.toml
+    # None serves plaintext with no tokens: only for tests that ask for it (--insecure).
+    trust: NodeTrust | None = None
+    limits: NodeLimits = field(default_factory=NodeLimits)
 
 
-def server_options() -> list[tuple[str, int]]:
+def server_options(limits: NodeLimits | None = None) -> list[tuple[str, int]]:
     # grpc turns SO_REUSEPORT on by default, which would let two nodes share a port
     # silently; a second node on a taken port must fail loudly instead.
     return [
         ("grpc.so_reuseport", 0),
-        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        (
+            "grpc.max_receive_message_length",
+            limits.max_request_bytes if limits is not None else MAX_MESSAGE,
+        ),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ]
 
@@ -127,6 +135,7 @@ class Node:
         )
         tracer = get_tracer(self.tracer_provider)
         self.observer = obs = NodeObserver(self.region.name, self.metrics, tracer, self.clock)
+        trust = self.options.trust
         self.store = SqliteTicketStore(
             self.options.data_dir,
             self.region.name,
@@ -136,6 +145,8 @@ class Node:
             on_skew=obs.on_skew,
             on_commit=obs.on_commit,
             on_commit_spans=obs.on_commit_spans if self.options.observability else None,
+            sign=trust.signer.sign if trust is not None else None,
+            admit_remote=trust.admission(self.metrics) if trust is not None else None,
         )
         self.store.add_listener(self.hub.publish)
         self.store.add_listener(obs.on_changes)
@@ -147,7 +158,12 @@ class Node:
             if r.name != self.region.name
         }
         self.replicator = Replicator(
-            self.store, self.region.name, peers, self.clock, hooks=obs.replication_hooks()
+            self.store,
+            self.region.name,
+            peers,
+            self.clock,
+            hooks=obs.replication_hooks(),
+            credentials=trust.peer if trust is not None else None,
         )
         queues = {r.name: r.name for r in self.config.regions}
         self.registry = Registry(self.store, self.config.region_names())
@@ -168,9 +184,12 @@ class Node:
         interceptors: list[aio.ServerInterceptor] = []
         if self.options.observability:
             interceptors.append(ObservabilityInterceptor(self.metrics, tracer, self.region.name))
+        if trust is not None:
+            interceptors.append(trust.interceptor(self.options.limits, self.metrics))
         server = aio.server(
             interceptors=[*interceptors, *self.options.extra_interceptors, ErrorInterceptor()],
-            options=server_options(),
+            options=server_options(self.options.limits),
+            maximum_concurrent_rpcs=self.options.limits.max_concurrent_rpcs,
         )
         desk_pb2_grpc.add_DeskServicer_to_server(desk, server)
         self.handoffs = SqliteHandoffLog(self.store)
@@ -226,7 +245,11 @@ class Node:
             server,
         )
         try:
-            port = server.add_insecure_port(self.listen)
+            port = (
+                server.add_secure_port(self.listen, trust.server)
+                if trust is not None
+                else server.add_insecure_port(self.listen)
+            )
         except RuntimeError as exc:
             port = 0
             cause: Exception | None = exc
@@ -257,6 +280,7 @@ class Node:
         Tickets are served meanwhile: ownership is the only thing that waits for etcd.
         """
         endpoints = self.options.etcd_endpoints or self.config.etcd_endpoints
+        trust = self.options.trust
         delay = 0.5
         warned = False
         while True:
@@ -266,6 +290,7 @@ class Node:
                 ttl=self.config.lease_ttl_seconds,
                 clock=self.clock,
                 address=self.listen,
+                credentials=trust.etcd.credentials() if trust and trust.etcd else None,
             )
             try:
                 await session.start()

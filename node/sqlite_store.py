@@ -181,6 +181,8 @@ class SqliteTicketStore:
         on_skew: Callable[[int, int], None] | None = None,
         on_commit: Callable[[int, float], None] | None = None,
         on_commit_spans: Callable[[list[Mapping[str, str]], int, int, int], None] | None = None,
+        sign: Callable[[Operation], Operation] | None = None,
+        admit_remote: Callable[[Sequence[Operation]], list[Operation]] | None = None,
     ) -> None:
         self.region = region
         self.region_code = region_code
@@ -188,6 +190,9 @@ class SqliteTicketStore:
         self._clock = clock
         self._on_commit = on_commit
         self._on_commit_spans = on_commit_spans
+        # Trust (node/trust.py): sign what we originate; drop remote ops that fail checks.
+        self._sign = sign
+        self._admit_remote = admit_remote
         self._wconn = open_database(self.path)
         try:
             self._wconn.executescript(SCHEMA)
@@ -276,7 +281,10 @@ class SqliteTicketStore:
         return result
 
     async def apply_remote(self, ops: Sequence[Operation]) -> list[Operation]:
-        applied: list[Operation] = await self._submit(remote=list(ops))
+        kept = list(ops) if self._admit_remote is None else self._admit_remote(ops)
+        if not kept:
+            return []
+        applied: list[Operation] = await self._submit(remote=kept)
         return applied
 
     async def _submit(self, **kw: Any) -> Any:
@@ -454,6 +462,8 @@ class SqliteTicketStore:
                 fields=fields,
                 trace_context=dict(job.trace),
             )
+            if self._sign is not None:
+                op = self._sign(op)
             record, _, _ = self._apply(self._wconn, op)
         except Exception as exc:
             raise _WriteFailed(str(exc)) from exc
@@ -502,6 +512,8 @@ class SqliteTicketStore:
             fields=fields,
             trace_context=dict(job.trace),
         )
+        if self._sign is not None:
+            op = self._sign(op)
         ticket, previous, digest = self._apply(conn, op, new=new)
         if job.request_id:
             conn.execute("INSERT INTO requests VALUES (?, ?)", (job.request_id, code))

@@ -13,13 +13,28 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from node.clock import Clock, ScaledClock, SystemClock
 from node.errors import SundeskError
-from ops import certs_cli, contracts_cli, demo, local, ops_cli, sla_cli, sun_cli, ticket_cli
+from ops import (
+    certs_cli,
+    contracts_cli,
+    credentials,
+    demo,
+    local,
+    ops_cli,
+    sla_cli,
+    sun_cli,
+    ticket_cli,
+)
 from ops.client import default_node, rpc_error_line
+
+if TYPE_CHECKING:
+    from node.limits import NodeLimits
+    from node.trust import NodeTrust
 
 
 def _clock(args: argparse.Namespace) -> Clock:
@@ -51,6 +66,31 @@ def _peers(items: list[str]) -> dict[str, str]:
     return peers
 
 
+def _trust(args: argparse.Namespace, region: str) -> NodeTrust | None:
+    from node.trust import load_node_trust
+
+    if args.insecure and args.tls_dir:
+        raise SundeskError("--insecure and --tls-dir contradict each other; choose one")
+    if args.insecure:
+        return None
+    if not args.tls_dir:
+        raise SundeskError(
+            "a node serves mTLS by default: give --tls-dir DIR (create it with "
+            "`sundesk certs init --dir DIR`), or --insecure for a plaintext test node"
+        )
+    return load_node_trust(Path(args.tls_dir), region)
+
+
+def _limits(args: argparse.Namespace) -> NodeLimits:
+    from node.limits import NodeLimits
+
+    defaults = NodeLimits()
+    return NodeLimits(
+        write_rate_per_s=args.write_rate or defaults.write_rate_per_s,
+        write_burst=args.write_burst or defaults.write_burst,
+    )
+
+
 def cmd_node(args: argparse.Namespace) -> int:
     from federation.config import load_config
     from node.server import NodeOptions, run_node
@@ -68,6 +108,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         contracts_path=Path(args.contracts) if args.contracts else None,
         sla_period=args.sla_period,
         roster_path=Path(args.roster) if args.roster else None,
+        trust=_trust(args, config.region(args.region).name),
+        limits=_limits(args),
     )
     asyncio.run(run_node(config, options, _clock(args)))
     return 0
@@ -92,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--node", default=default_node(), help="HOST:PORT of a node")
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    credentials.add_flags(common)
 
     parser = argparse.ArgumentParser(prog="sundesk", description="federated support desk")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -125,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="dial this address to reach REGION (e.g. through a WAN proxy)",
     )
     p.add_argument("--clock-origin", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--tls-dir",
+        default="",
+        help="certs directory (`sundesk certs init`): mTLS, tokens, signed operations",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, no tokens, unsigned operations: for tests only",
+    )
+    p.add_argument("--write-rate", type=float, default=None, help="writes/s per caller")
+    p.add_argument("--write-burst", type=int, default=None, help="write burst per caller")
     p.set_defaults(func=cmd_node)
 
     ticket_cli.add_parser(sub, common)

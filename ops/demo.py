@@ -6,6 +6,10 @@ region during its business hours, queues follow the sun from owner to owner (eac
 handoff printed as it happens), the on-call engineer acknowledges the night's handoff
 (or, once, forgets to and the secondary is paged), a node crashes and comes back, and
 the day ends with a summary and every region holding the same tickets.
+
+It runs secure, as ``local up`` does: each person calls with a token of their own role
+(agents create tickets, the on-call engineer acknowledges), minted from the local
+federation's secret, over mTLS.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from federation.config import load_config
 from node.tickets import parse_iso
 from ops import local
 from ops.client import Client
+from ops.credentials import ClientCredentials, from_certs_dir, mint_token
 from ops.processes import wait_for
 from sundesk.v1 import desk_pb2 as pb
 from sundesk.v1 import sun_pb2 as spb
@@ -60,11 +65,11 @@ def say(text: str) -> None:
 class HandoffFeed:
     """Prints handoffs as they happen (from one node's WatchHandoffs stream)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, creds: ClientCredentials | None) -> None:
         self.address = address
         self.seen: dict[str, spb.Handoff] = {}
         self.events: queue.Queue[spb.Handoff] = queue.Queue()
-        self._channel = grpc.insecure_channel(address)
+        self._channel = Client(address, creds).channel
         self._stream = sun_pb2_grpc.SunStub(self._channel).WatchHandoffs(spb.WatchHandoffsRequest())
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -113,7 +118,13 @@ def run(base: Path, seed: int = 7) -> None:
     for r, address in nodes.items():
         say(f"  {r:8} {address}   metrics :{state['nodes'][r]['metrics']}")
     say(f"\nSimulated clock: Wednesday {START[:10]} from {START[11:16]} UTC, x{SPEED:.0f}.")
-    feed = HandoffFeed(nodes["velizy"])
+    certs = Path(state["certs"]) if state.get("certs") else None
+
+    def as_(role: str, subject: str) -> ClientCredentials | None:
+        return from_certs_dir(certs, mint_token(certs, role, subject)) if certs else None
+
+    ops_creds = as_("ops", "demo-ops")
+    feed = HandoffFeed(nodes["velizy"], ops_creds)
     created: Counter[str] = Counter()
     handoffs: list[spb.Handoff] = []
     acked: set[str] = set()
@@ -123,7 +134,7 @@ def run(base: Path, seed: int = 7) -> None:
     end = parse_iso(END)
     try:
         while True:
-            now = _sim_now(nodes["velizy"])
+            now = _sim_now(nodes["velizy"], ops_creds)
             if now >= end:
                 break
             for region, address in nodes.items():
@@ -132,7 +143,7 @@ def run(base: Path, seed: int = 7) -> None:
                     and rnd.random() < 0.5
                     and (region != "us" or not crashed or restarted)
                 ):
-                    code = _open_ticket(address, region, rnd)
+                    code = _open_ticket(address, region, rnd, as_("agent", f"agent-{region}"))
                     created[region] += 1
                     first_code = first_code or code
             for h in feed.drain():
@@ -151,7 +162,7 @@ def run(base: Path, seed: int = 7) -> None:
                     if not forgotten:
                         forgotten = h.id  # tonight, one engineer misses a page
                     else:
-                        _ack(nodes["japan"], h.id, h.to_engineer)
+                        _ack(nodes["japan"], h.id, as_("oncall", h.to_engineer))
             if not crashed and now.hour >= 15:
                 say(f"  {now:%H:%M}Z  -- the US node crashes (SIGKILL) --")
                 local.kill(base, "us")
@@ -160,7 +171,7 @@ def run(base: Path, seed: int = 7) -> None:
             if crashed and not restarted and time.monotonic() - crash_at > 4:
                 local.start(base, "us")
                 restarted = True
-                back = _sim_now(nodes["velizy"])
+                back = _sim_now(nodes["velizy"], ops_creds)
                 say(f"  {back:%H:%M}Z  -- the US node is back and catches up --")
             time.sleep(0.25)
         for h in feed.drain():
@@ -195,15 +206,17 @@ def run(base: Path, seed: int = 7) -> None:
         local.down(base)
 
 
-def _sim_now(address: str) -> datetime:
-    with Client(address) as c:
+def _sim_now(address: str, creds: ClientCredentials | None) -> datetime:
+    with Client(address, creds) as c:
         st = sun_pb2_grpc.SunStub(c.channel).GetStatus(spb.SunStatusRequest(), timeout=5)
     return parse_iso(st.now)
 
 
-def _open_ticket(address: str, region: str, rnd: random.Random) -> str:
+def _open_ticket(
+    address: str, region: str, rnd: random.Random, creds: ClientCredentials | None
+) -> str:
     title, priority = rnd.choice(PROBLEMS)
-    with Client(address) as c:
+    with Client(address, creds) as c:
         t = c.desk.CreateTicket(
             pb.CreateTicketRequest(
                 title=title,
@@ -216,11 +229,12 @@ def _open_ticket(address: str, region: str, rnd: random.Random) -> str:
     return str(t.code)
 
 
-def _ack(address: str, handoff_id: str, engineer: str) -> None:
-    with Client(address) as c:
+def _ack(address: str, handoff_id: str, creds: ClientCredentials | None) -> None:
+    # The handoff is stamped with the engineer whose token acknowledges it.
+    with Client(address, creds) as c:
         try:
             sun_pb2_grpc.SunStub(c.channel).AckHandoff(
-                spb.AckHandoffRequest(id=handoff_id, by=engineer), timeout=5
+                spb.AckHandoffRequest(id=handoff_id), timeout=5
             )
         except grpc.RpcError:
             pass  # already escalated or acknowledged: the feed shows which

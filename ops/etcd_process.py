@@ -4,7 +4,8 @@
 ports with its own data directory, and gives tests the verbs they need to hurt it:
 ``stop`` (SIGTERM), ``kill`` (SIGKILL), ``pause``/``resume`` (SIGSTOP/SIGCONT) and
 ``restart`` on the same data directory and ports. Readiness is polled on ``/health``
-with a deadline, never a fixed sleep.
+with a deadline, never a fixed sleep. With ``tls`` (the certs of ``sundesk certs init``)
+it serves clients over TLS only and requires a client certificate of the federation CA.
 
     with EtcdServer() as etcd:
         session = EtcdSession(etcd.endpoint, "vel")
@@ -22,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -54,6 +57,23 @@ def find_etcd() -> str:
     raise RuntimeError("no etcd binary on PATH or in .venv/bin: run `make etcd`")
 
 
+@dataclass(frozen=True)
+class EtcdTlsFiles:
+    """etcd's certificate and key, the CA it trusts for clients, and a client certificate
+    for this helper's own health checks."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert: Path
+    client_key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+
 class EtcdServer:
     """One etcd member on 127.0.0.1; a context manager that cleans up after itself."""
 
@@ -67,6 +87,7 @@ class EtcdServer:
         election_ms: int = 500,
         ready_timeout: float = 15.0,
         detach: bool = False,
+        tls: EtcdTlsFiles | None = None,
     ) -> None:
         # Fast raft timers keep elections short; etcd's minimum lease TTL follows them
         # (1.5 x election timeout, rounded up: 1 s here), so tests may use ttl=1..2.
@@ -85,6 +106,7 @@ class EtcdServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
         self.detach = detach
+        self.tls = tls
 
     # -- addresses ---------------------------------------------------------------------
 
@@ -95,7 +117,7 @@ class EtcdServer:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     @property
     def pid(self) -> int | None:
@@ -190,7 +212,9 @@ class EtcdServer:
     def healthy(self, timeout: float = 0.5) -> bool:
         """True when the member has a leader and serves reads (etcd's /health)."""
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=timeout) as reply:
+            context = self.tls.client_context() if self.tls is not None else None
+            url = f"{self.client_url}/health"
+            with urllib.request.urlopen(url, timeout=timeout, context=context) as reply:
                 return bool(json.loads(reply.read()).get("health") == "true")
         except (OSError, urllib.error.URLError, ValueError):
             return False
@@ -226,6 +250,17 @@ class EtcdServer:
             f"--election-timeout={self.election_ms}",
             "--logger=zap",
             "--log-outputs=stderr",
+            *self._tls_flags(),
+        ]
+
+    def _tls_flags(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            f"--cert-file={self.tls.cert}",
+            f"--key-file={self.tls.key}",
+            f"--trusted-ca-file={self.tls.ca}",
+            "--client-cert-auth",
         ]
 
     def _spawn(self) -> None:

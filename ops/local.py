@@ -3,6 +3,11 @@
 ``up`` starts a real etcd, the embedded trace collector, optionally the WAN delay proxies,
 and the five regional nodes on loopback, then returns once every node is healthy. The
 state (pids, addresses, ports) lives in ``DIR/state.json`` so later commands find them.
+
+Secure by default: the first ``up`` runs ``certs init`` into ``DIR/certs``; etcd then
+requires client certificates, every node serves mTLS with tokens and signs its
+operations, and the CLI finds the credentials there (``$SUNDESK_HOME``, default
+``var/local``). ``--insecure`` runs all of it plaintext, as the tests of other parts do.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from typing import Any
 
 from federation.config import load_config
 from node.errors import FailedPrecondition, InvalidArgument, SundeskError
+from ops.certs import CertPaths, init_certs
 from ops.client import print_table
-from ops.etcd_process import EtcdServer
+from ops.credentials import ClientCredentials, from_certs_dir, mint_token
+from ops.etcd_process import EtcdServer, EtcdTlsFiles
 from ops.processes import ROOT, NodeProcess, free_ports, wait_for
 
 DEFAULT_DIR = ROOT / "var" / "local"
@@ -57,6 +64,7 @@ class LocalFederation:
                 f"no region {region!r} here; regions: {', '.join(state['nodes'])}"
             )
         n = state["nodes"][region]
+        certs = Path(state["certs"]) if state.get("certs") else None
         return NodeProcess(
             region,
             n["address"],
@@ -64,7 +72,27 @@ class LocalFederation:
             Path(state["config"]),
             Path(n["log"]),
             extra_args=n["args"],
+            credentials=operator_credentials(certs),
+            tls_dir=certs,
         )
+
+
+def operator_credentials(certs: Path | None, role: str = "ops") -> ClientCredentials | None:
+    """What this machine's operator presents to the local nodes (None: plaintext)."""
+    if certs is None:
+        return None
+    return from_certs_dir(certs, mint_token(certs, role))
+
+
+def etcd_tls(certs: Path) -> EtcdTlsFiles:
+    paths = CertPaths(certs)
+    return EtcdTlsFiles(
+        paths.ca_cert,
+        paths.etcd_server_cert,
+        paths.etcd_server_key,
+        paths.etcd_client_cert,
+        paths.etcd_client_key,
+    )
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -105,6 +133,7 @@ def up(
     speed: float = 1.0,
     regions: list[str] | None = None,
     collector: bool = True,
+    insecure: bool = False,
 ) -> dict[str, Any]:
     fed = LocalFederation(base)
     if fed.state_path.exists():
@@ -120,12 +149,22 @@ def up(
     addresses = {r: f"127.0.0.1:{ports[i]}" for i, r in enumerate(names)}
     metrics = {r: ports[len(names) + i] for i, r in enumerate(names)}
 
-    etcd = EtcdServer(data_dir=base / "etcd", name="sundesk-local", detach=True).start()
+    certs: Path | None = None
+    if not insecure:
+        # Keeps what exists: a second `up` reuses the CA, keys and tokens of the first.
+        certs = init_certs(base / "certs", default.region_names()).dir
+    etcd = EtcdServer(
+        data_dir=base / "etcd",
+        name="sundesk-local",
+        detach=True,
+        tls=etcd_tls(certs) if certs else None,
+    ).start()
     state: dict[str, Any] = {
         "created": datetime.now(UTC).isoformat(),
-        "etcd": {"pid": etcd.pid, "endpoint": etcd.endpoint},
+        "etcd": {"pid": etcd.pid, "endpoint": etcd.endpoint, "tls": certs is not None},
         "nodes": {},
         "wan": wan,
+        "certs": str(certs) if certs else None,
     }
     config = default.with_addresses(addresses, metrics, etcd_endpoints=[etcd.endpoint])
     config_path = base / "federation.toml"
@@ -155,7 +194,16 @@ def up(
     procs = []
     for r in names:
         args = [*common, "--metrics-port", str(metrics[r]), *peer_args[r]]
-        node = NodeProcess(r, addresses[r], base / r, config_path, base / f"{r}.log", args)
+        node = NodeProcess(
+            r,
+            addresses[r],
+            base / r,
+            config_path,
+            base / f"{r}.log",
+            args,
+            credentials=operator_credentials(certs),
+            tls_dir=certs,
+        )
         node.start(wait=False, detach=True)
         procs.append(node)
         state["nodes"][r] = {
@@ -314,6 +362,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--wan", action="store_true", help="route peer links through delay proxies")
     p.add_argument("--clock-start", default="", help="simulated clock start (ISO 8601)")
     p.add_argument("--speed", type=float, default=1.0)
+    p.add_argument(
+        "--insecure", action="store_true", help="plaintext everywhere (no certs, no tokens)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_up)
     p = lsub.add_parser("status", parents=[dir_arg], help="every node's health and digest")
@@ -332,13 +383,24 @@ def add_parser(sub: Any) -> None:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     try:
-        state = up(Path(args.dir), wan=args.wan, clock_start=args.clock_start, speed=args.speed)
+        state = up(
+            Path(args.dir),
+            wan=args.wan,
+            clock_start=args.clock_start,
+            speed=args.speed,
+            insecure=args.insecure,
+        )
     except (RuntimeError, TimeoutError) as exc:
         raise SundeskError(f"local federation did not start: {exc}") from exc
     if args.json:
         print(json.dumps(state, indent=2))
     else:
-        print(f"etcd {state['etcd']['endpoint']}; nodes:")
+        trust = (
+            f"mTLS, tokens, signed operations ({state['certs']})"
+            if state["certs"]
+            else ("PLAINTEXT (--insecure)")
+        )
+        print(f"etcd {state['etcd']['endpoint']}; {trust}; nodes:")
         for r, n in state["nodes"].items():
             print(f"  {r:8} {n['address']}  metrics :{n['metrics']}  pid {n['pid']}")
     return 0

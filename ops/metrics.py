@@ -137,6 +137,17 @@ class Metrics:
             ["origin"],
             registry=r,
         )
+        self.operations_rejected_total = Counter(
+            "sundesk_operations_rejected_total",
+            "Remote operations refused because their signature does not prove their origin.",
+            ["origin"],
+            registry=r,
+        )
+        self.writes_rate_limited_total = Counter(
+            "sundesk_writes_rate_limited_total",
+            "Writes refused because their caller exceeded its write rate.",
+            registry=r,
+        )
         self.replication_batches_total = Counter(
             "sundesk_replication_batches_total",
             "Operation batches received from a peer.",
@@ -311,6 +322,7 @@ class Metrics:
             self.failovers_total.labels(queue)
         for name in regions:
             self.replication_applied_total.labels(name)
+            self.operations_rejected_total.labels(name)
             if name != self.region:
                 self.replication_backlog.labels(name)
                 self.replication_batches_total.labels(name)

@@ -16,7 +16,7 @@ from rich.table import Table
 from node.errors import FailedPrecondition, NotFound
 from ops.client import Client
 from ops.collector import SpanStore, render_waterfall, ticket_trace
-from ops.local import DEFAULT_DIR, LocalFederation, pid_alive
+from ops.local import DEFAULT_DIR, LocalFederation, operator_credentials, pid_alive
 from sundesk.v1 import contracts_pb2 as cpb
 from sundesk.v1 import contracts_pb2_grpc, sun_pb2_grpc
 from sundesk.v1 import sun_pb2 as spb
@@ -73,7 +73,8 @@ def gather(base: Path) -> dict[str, Any]:
         if not r["healthy"]:
             continue
         try:
-            with Client(state["nodes"][region]["address"]) as c:
+            creds = operator_credentials(Path(state["certs"]) if state.get("certs") else None)
+            with Client(state["nodes"][region]["address"], creds) as c:
                 sun = sun_pb2_grpc.SunStub(c.channel).GetStatus(spb.SunStatusRequest(), timeout=2)
                 listed = contracts_pb2_grpc.ContractsStub(c.channel).ListBreaches(
                     cpb.ListBreachesRequest(), timeout=2

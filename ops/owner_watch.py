@@ -10,7 +10,9 @@ import time
 from dataclasses import dataclass
 
 import aetcd
+import grpc
 
+from federation.etcd_tls import etcd_client
 from federation.leases import OWNERS_PREFIX
 
 
@@ -26,7 +28,8 @@ class OwnerEvent:
 class OwnerWatcher:
     """Watches /sundesk/owners/ in etcd from a thread of its own."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._credentials = credentials  # an etcd with client-certificate auth
         self.host, port = endpoint.rsplit(":", 1)
         self.port = int(port)
         self.events: list[OwnerEvent] = []
@@ -42,7 +45,7 @@ class OwnerWatcher:
         self._loop.run_until_complete(self._watch())
 
     async def _watch(self) -> None:
-        client = aetcd.Client(host=self.host, port=self.port)
+        client = etcd_client(self.host, self.port, self._credentials)
         watch = await client.watch_prefix(OWNERS_PREFIX.encode())
         self._ready.set()
         self._watch_handle = watch

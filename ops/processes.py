@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from ops.client import Client
+from ops.credentials import ClientCredentials
 from sundesk.v1 import federation_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,12 @@ def wait_for(
 
 
 class NodeProcess:
-    """One ``sundesk node`` child process, logging to a file."""
+    """One ``sundesk node`` child process, logging to a file.
+
+    ``tls_dir`` is the node's ``--tls-dir``; None starts it ``--insecure`` (plaintext, for
+    tests and benchmarks that say so). ``credentials`` are what health checks and status
+    calls present to a secure node.
+    """
 
     def __init__(
         self,
@@ -63,6 +69,8 @@ class NodeProcess:
         config_path: Path,
         log_path: Path,
         extra_args: Iterable[str] = (),
+        credentials: ClientCredentials | None = None,
+        tls_dir: Path | None = None,
     ) -> None:
         self.region = region
         self.address = address
@@ -70,6 +78,8 @@ class NodeProcess:
         self.config_path = config_path
         self.log_path = log_path
         self.extra_args = list(extra_args)
+        self.credentials = credentials
+        self.tls_dir = tls_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
 
@@ -87,6 +97,7 @@ class NodeProcess:
             str(self.data_dir),
             "--config",
             str(self.config_path),
+            *(["--tls-dir", str(self.tls_dir)] if self.tls_dir else ["--insecure"]),
             *self.extra_args,
         ]
 
@@ -113,13 +124,13 @@ class NodeProcess:
                 raise RuntimeError(
                     f"node {self.region} exited with {self.proc.returncode}:\n{self.log()}"
                 )
-            with Client(self.address) as c:
+            with self.client() as c:
                 return c.healthy(timeout=0.5)
 
         wait_for(f"node {self.region} healthy", ready, timeout)
 
     def client(self) -> Client:
-        return Client(self.address)
+        return Client(self.address, self.credentials)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from ops.client import Client, print_table
+from ops.client import Client, connect, print_table
 from sundesk.v1 import sun_pb2 as spb
 from sundesk.v1 import sun_pb2_grpc
 
@@ -25,7 +25,7 @@ def _dict(msg: Any) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with Client(args.node) as c:
+    with connect(args) as c:
         st = _stub(c).GetStatus(spb.SunStatusRequest(), timeout=args.timeout)
     if args.json:
         print(json.dumps(_dict(st), indent=2))
@@ -49,7 +49,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_handoffs(args: argparse.Namespace) -> int:
-    with Client(args.node) as c:
+    with connect(args) as c:
         resp = _stub(c).ListHandoffs(
             spb.ListHandoffsRequest(queue=args.queue), timeout=args.timeout
         )
@@ -76,14 +76,14 @@ def cmd_handoffs(args: argparse.Namespace) -> int:
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
-    with Client(args.node) as c:
+    with connect(args, "oncall") as c:
         h = _stub(c).AckHandoff(spb.AckHandoffRequest(id=args.id, by=args.by), timeout=args.timeout)
     print(json.dumps(_dict(h), indent=2) if args.json else f"{h.id} acknowledged by {h.acked_by}")
     return 0
 
 
 def cmd_note(args: argparse.Namespace) -> int:
-    with Client(args.node) as c:
+    with connect(args) as c:
         _stub(c).SetNote(
             spb.SetNoteRequest(queue=args.queue, text=args.text, by=args.by), timeout=args.timeout
         )
@@ -92,7 +92,7 @@ def cmd_note(args: argparse.Namespace) -> int:
 
 
 def cmd_escalate(args: argparse.Namespace) -> int:
-    with Client(args.node) as c:
+    with connect(args) as c:
         r = _stub(c).EscalateTicket(
             spb.EscalateTicketRequest(code=args.code, by=args.by, reason=args.reason),
             timeout=args.timeout,

@@ -19,7 +19,7 @@ from node.convert import (
 )
 from node.errors import SundeskError
 from node.tickets import Kind, State, Tier
-from ops.client import Client, print_table
+from ops.client import connect, print_table
 from sundesk.v1 import desk_pb2 as pb
 
 KIND_BY_NAME = {k.value: v for k, v in KIND_TO_PB.items()}
@@ -151,7 +151,7 @@ def _emit(args: argparse.Namespace, t: pb.Ticket) -> None:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    with Client(args.node) as c:
+    with connect(args) as c:
         t = c.desk.CreateTicket(
             pb.CreateTicketRequest(
                 title=args.title,
@@ -173,7 +173,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with Client(args.node) as c:
+    with connect(args) as c:
         t = c.desk.GetTicket(pb.GetTicketRequest(code=args.code), timeout=args.timeout)
     _emit(args, t)
     return 0
@@ -189,7 +189,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         page_token=args.page_token,
     )
     tickets: list[pb.Ticket] = []
-    with Client(args.node) as c:
+    with connect(args) as c:
         while True:
             resp = c.desk.ListTickets(req, timeout=args.timeout)
             tickets.extend(resp.tickets)
@@ -224,7 +224,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_comment(args: argparse.Namespace) -> int:
-    with Client(args.node) as c:
+    with connect(args) as c:
         t = c.desk.AddComment(
             pb.AddCommentRequest(
                 code=args.code, author=args.by, text=args.text, internal=args.internal
@@ -236,7 +236,7 @@ def cmd_comment(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace, **fields: Any) -> int:
-    with Client(args.node) as c:
+    with connect(args) as c:
         t = c.desk.UpdateTicket(
             pb.UpdateTicketRequest(
                 code=args.code,

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import faulthandler
+import os
 import sys
+import tempfile
 
 faulthandler.enable(file=sys.stderr)
+
+# The CLI picks up the credentials of a local federation (var/local/certs) when there is
+# one; tests choose theirs explicitly, so point it at a directory with nothing in it.
+os.environ["SUNDESK_HOME"] = tempfile.mkdtemp(prefix="sundesk-test-home-")
 
 pytest_plugins = ["tests.support.etcd"]

@@ -399,6 +399,7 @@ def _run_node(tmp_path: Path, fed: Federation, *args: str) -> subprocess.Complet
             "velizy",
             "--config",
             str(fed.config_path),
+            "--insecure",
             *args,
         ],
         cwd=ROOT,

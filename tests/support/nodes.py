@@ -13,13 +13,19 @@ import sys
 from pathlib import Path
 
 from federation.config import FederationConfig, load_config
+from ops.credentials import ClientCredentials, from_certs_dir, mint_token
 from ops.processes import ROOT, NodeProcess, free_ports, wait_for
 
 __all__ = ["ROOT", "Federation", "NodeProcess", "free_ports", "wait_for"]
 
 
 class Federation:
-    """A set of real node processes sharing one generated config."""
+    """A set of real node processes sharing one generated config.
+
+    Nodes run plaintext (``--insecure``) unless ``tls_dir`` names a certs directory: then
+    they serve mTLS with tokens and signed operations, and the helper's own health and
+    status calls present the CLI certificate with an ops token.
+    """
 
     def __init__(
         self,
@@ -28,8 +34,10 @@ class Federation:
         regions: list[str],
         proxied: bool = False,
         extra_args: list[str] | None = None,
+        tls_dir: Path | None = None,
     ) -> None:
         self.base = base
+        self.tls_dir = tls_dir
         self.config = config
         self.config_path = base / "federation.toml"
         self.config_path.write_text(config.to_toml())
@@ -46,9 +54,17 @@ class Federation:
                 self.config_path,
                 base / f"{r}.log",
                 extra_args=[*peer_args[r], *(extra_args or [])],
+                credentials=self.credentials("ops"),
+                tls_dir=tls_dir,
             )
             for r in regions
         }
+
+    def credentials(self, role: str, subject: str = "") -> ClientCredentials | None:
+        """The CLI certificate with a fresh token of ``role``; None for plaintext nodes."""
+        if self.tls_dir is None:
+            return None
+        return from_certs_dir(self.tls_dir, mint_token(self.tls_dir, role, subject))
 
     def _start_proxies(self, regions: list[str]) -> dict[str, list[str]]:
         """One fault-injecting proxy per directed link, all in one helper process."""
@@ -117,6 +133,7 @@ class Federation:
         etcd: str | None = None,
         proxied: bool = False,
         extra_args: list[str] | None = None,
+        tls_dir: Path | None = None,
     ) -> Federation:
         default = load_config(None)
         names = regions or default.region_names()
@@ -124,7 +141,7 @@ class Federation:
         addresses = {r: f"127.0.0.1:{ports[i]}" for i, r in enumerate(names)}
         metrics = {r: ports[len(names) + i] for i, r in enumerate(names)}
         config = default.with_addresses(addresses, metrics, etcd_endpoints=[etcd] if etcd else None)
-        return cls(base, config, names, proxied=proxied, extra_args=extra_args)
+        return cls(base, config, names, proxied=proxied, extra_args=extra_args, tls_dir=tls_dir)
 
     def node(self, region: str) -> NodeProcess:
         return self.nodes[region]

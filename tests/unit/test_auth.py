@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import hmac
 import json
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from node.auth import Claims, authorize, is_open, is_read, issue_token, verify_token
 from node.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from sundesk.v1 import desk_pb2
+from sundesk.v1 import desk_pb2, sun_pb2
 
 SECRET = bytes(range(32))
 NOW = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
@@ -163,13 +164,16 @@ TABLE: list[tuple[str, object | None, set[str]]] = [
     ("/sundesk.v1.Desk/WatchTickets", None, {"agent", "oncall", "ops"}),
     ("/sundesk.v1.Ops/Status", None, {"agent", "oncall", "ops"}),
     ("/sundesk.v1.Sun/GetPlan", None, {"agent", "oncall", "ops"}),
-    ("/sundesk.v1.Desk/CreateTicket", None, {"agent"}),
-    ("/sundesk.v1.Desk/UpdateTicket", None, {"agent"}),
-    ("/sundesk.v1.Desk/AddComment", None, {"agent"}),
-    ("/sundesk.v1.Sun/AckHandoff", None, {"agent", "oncall"}),
-    ("/sundesk.v1.Sun/MoveQueue", None, set()),
+    ("/sundesk.v1.Desk/CreateTicket", desk_pb2.CreateTicketRequest(), {"agent"}),
+    ("/sundesk.v1.Desk/UpdateTicket", desk_pb2.UpdateTicketRequest(), {"agent"}),
+    ("/sundesk.v1.Desk/AddComment", desk_pb2.AddCommentRequest(), {"agent"}),
+    ("/sundesk.v1.Desk/CreateTicket", None, set()),  # a write is checked against its actor
+    ("/sundesk.v1.Sun/AckHandoff", sun_pb2.AckHandoffRequest(), {"agent", "oncall"}),
+    ("/sundesk.v1.Sun/SetNote", sun_pb2.SetNoteRequest(), {"agent"}),
+    ("/sundesk.v1.Sun/EscalateTicket", sun_pb2.EscalateTicketRequest(), {"agent"}),
+    ("/sundesk.v1.Ops/Restart", None, set()),
     ("/sundesk.v1.Federation/Pull", None, set()),
-    ("/sundesk.v1.Federation/Status", None, set()),
+    ("/sundesk.v1.Federation/Status", None, {"ops"}),
     (HEARTBEAT, OWN, {"machine"}),
     (HEARTBEAT, OTHER, set()),
     (HEARTBEAT, None, set()),
@@ -180,6 +184,7 @@ TABLE: list[tuple[str, object | None, set[str]]] = [
 @pytest.mark.parametrize(("method", "request_", "allowed"), TABLE)
 @pytest.mark.parametrize("role", sorted(EVERYONE))
 def test_policy_table(method: str, request_: object | None, allowed: set[str], role: str) -> None:
+    request_ = copy.deepcopy(request_)  # authorize stamps the actor into the request
     if role in allowed:
         authorize(EVERYONE[role], method, request_)
     else:
