@@ -59,6 +59,7 @@ FEDERATION = "sundesk.v1.Federation"
 TELEMETRY = "sundesk.v1.Telemetry"
 DESK = "sundesk.v1.Desk"
 SUN = "sundesk.v1.Sun"
+CONTRACTS = "sundesk.v1.Contracts"  # customers and assets: registered by agents
 ACK_HANDOFF = "sundesk.v1.Sun/AckHandoff"
 FEDERATION_STATUS = "sundesk.v1.Federation/Status"
 log = logging.getLogger("sundesk.auth")
@@ -300,7 +301,7 @@ def authorize_role(claims: Claims, method: str) -> None:
         if claims.role in (ONCALL, AGENT):
             return
         raise deny("handoffs are acknowledged by on-call engineers and agents")
-    if service in (DESK, SUN):
+    if service in (DESK, SUN, CONTRACTS):
         if claims.role == AGENT:
             return
         if claims.role == OPS:
