@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from node.auth import MACHINE, issue_token
+from node.tokens import MACHINE, issue_token
 from node.errors import ConfigError
 from ops.certs import CertPaths, load_token_secret
 
