@@ -1,19 +1,17 @@
-"""Who may call what: caller tokens, the access policy, and the interceptor that applies them.
+"""Who may call what: the access policy, and the interceptor that applies it.
 
 Every connection is mutual TLS (``ops/certs.py``). On top of it:
 
-- People and machines present ``authorization: Bearer <token>``. A token is
-  ``base64url(JSON claims) "." base64url(HMAC-SHA256(secret, first part))``, issued by
-  ``sundesk tokens issue`` with the federation's ``tokens.key``. Tokens cannot be revoked
-  one by one: give them a TTL (the CLI's default is a shift), and replace ``tokens.key``
-  to revoke them all.
-- Roles: ``agent`` works tickets of any queue (its writes carry its subject), ``oncall``
-  reads and acknowledges handoffs, ``ops`` reads everything (ops status included) and
+- People and machines present ``authorization: Bearer <token>`` (``node/tokens.py``).
+- Roles: ``agent`` works tickets of any queue and the Sun's notes, escalations and
+  acknowledgements (its writes carry its subject, ``node/stamping.py``), ``oncall``
+  reads and acknowledges handoffs, ``ops`` reads everything (node status included) and
   writes nothing, ``machine`` sends telemetry for its own asset only. ``node`` is
   reserved for federation peers, which authenticate with their node certificate: no token
   of role ``node`` is issued, and one presented is refused.
-- ``/sundesk.v1.Federation/*`` is never reachable with a token, only from a peer that
-  presented a node certificate. Health checking and reflection stay open.
+- ``Federation/Pull`` is reachable only from a peer that presented a node certificate,
+  pulling as the region that certificate names; ``Federation/Status`` also answers ops
+  tokens. Health checking and reflection stay open.
 
 ``authorize`` is a pure function of the claims, the method and the request, so the whole
 policy is a table test. ``AuthInterceptor`` turns failures into UNAUTHENTICATED (no
@@ -23,36 +21,41 @@ traceback, and exposes the caller to handlers through ``current_claims``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextvars
 import functools
-import hashlib
-import hmac
 import inspect
-import json
 import logging
 import re
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from grpc import aio
 
 from node.clock import Clock, SystemClock
-from node.errors import InvalidArgument, PermissionDenied, SundeskError, Unauthenticated
+from node.errors import PermissionDenied, SundeskError, Unauthenticated
 from node.grpc_errors import MalformedRequest, status_of
 from node.limits import RateLimited, RateLimiter
 from node.stamping import stamp_actor, stamps
+from node.tokens import (
+    AGENT,
+    ISSUABLE_ROLES,
+    MACHINE,
+    NODE,
+    ONCALL,
+    OPS,
+    ROLES,
+    Claims,
+    check_secret,
+    epoch,
+    issue_token,
+    verify_token,
+)
 from ops.certs import region_of_peer
 
-AGENT, ONCALL, OPS, MACHINE, NODE = "agent", "oncall", "ops", "machine", "node"
-ISSUABLE_ROLES = frozenset({AGENT, ONCALL, OPS, MACHINE})
-ROLES = ISSUABLE_ROLES | {NODE}
 READERS = frozenset({AGENT, ONCALL, OPS})
 
 FEDERATION = "sundesk.v1.Federation"
@@ -72,11 +75,7 @@ OPEN_SERVICES = frozenset(
     }
 )
 
-MIN_SECRET_BYTES = 32
 VERIFIED_CACHE = 4096  # tokens remembered as verified
-MAX_TOKEN_CHARS = 4096  # refuse to decode anything bigger: a token is a few hundred bytes
-TOKEN_VERSION = 1
-_B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 _METHOD = re.compile(r"^/([A-Za-z_][\w.]*)/([A-Za-z_]\w*)$")
 
 current_claims: contextvars.ContextVar[Claims | None] = contextvars.ContextVar(
@@ -85,159 +84,6 @@ current_claims: contextvars.ContextVar[Claims | None] = contextvars.ContextVar(
 current_peer_region: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "sundesk_current_peer_region", default=None
 )
-
-
-@dataclass(frozen=True)
-class Claims:
-    role: str
-    subject: str = ""
-    region: str | None = None  # the caller's home region: informational, not a restriction
-    asset: str | None = None  # machines: the one asset they speak for
-    issued_at: int = 0  # UNIX seconds
-    expires_at: int | None = None  # UNIX seconds; None never expires
-
-    @property
-    def caller(self) -> str:
-        """A stable name for this caller in logs and rate limits."""
-        who = self.subject or (self.asset if self.role == MACHINE else "") or "anonymous"
-        return f"{self.role}:{who}"
-
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"v": TOKEN_VERSION, "role": self.role, "iat": self.issued_at}
-        if self.subject:
-            doc["sub"] = self.subject
-        if self.region is not None:
-            doc["region"] = self.region
-        if self.asset is not None:
-            doc["asset"] = self.asset
-        if self.expires_at is not None:
-            doc["exp"] = self.expires_at
-        return doc
-
-
-# ----- tokens -----------------------------------------------------------------------------
-
-
-def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64decode(text: str) -> bytes:
-    if not _B64URL.match(text):
-        raise ValueError("not base64url")
-    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if _b64encode(data) != text:  # spare bits set: one token, one spelling
-        raise ValueError("not canonical base64url")
-    return data
-
-
-def _mac(secret: bytes, body: str) -> bytes:
-    return hmac.new(secret, body.encode("ascii"), hashlib.sha256).digest()
-
-
-def _check_secret(secret: bytes) -> None:
-    if len(secret) < MIN_SECRET_BYTES:
-        raise InvalidArgument(
-            f"the token secret has {len(secret)} bytes; it needs at least {MIN_SECRET_BYTES}"
-        )
-
-
-def _epoch(now: datetime) -> int:
-    if now.tzinfo is None:
-        raise InvalidArgument("token times must be timezone-aware")
-    return int(now.timestamp())
-
-
-def issue_token(
-    secret: bytes,
-    role: str,
-    *,
-    region: str | None = None,
-    asset: str | None = None,
-    subject: str = "",
-    ttl_seconds: int | None = None,
-    now: datetime,
-) -> str:
-    _check_secret(secret)
-    if role == NODE:
-        raise InvalidArgument(
-            "role node is reserved for federation peers, which authenticate with their node "
-            "certificate; no token carries it"
-        )
-    if role not in ISSUABLE_ROLES:
-        raise InvalidArgument(
-            f"unknown role {role!r}; choose one of {', '.join(sorted(ISSUABLE_ROLES))}"
-        )
-    if role == MACHINE and not asset:
-        raise InvalidArgument("a machine token needs --asset: the asset it speaks for")
-    if role != MACHINE and asset:
-        raise InvalidArgument(f"--asset is for machine tokens only, not {role}")
-    if role in (AGENT, ONCALL) and not subject.strip():
-        raise InvalidArgument(f"a {role} token needs --subject: who the person is")
-    if ttl_seconds is not None and ttl_seconds <= 0:
-        raise InvalidArgument(f"--ttl {ttl_seconds} must be positive (omit it: no expiry)")
-    iat = _epoch(now)
-    claims = Claims(
-        role=role,
-        subject=subject.strip(),
-        region=region,
-        asset=asset,
-        issued_at=iat,
-        expires_at=None if ttl_seconds is None else iat + ttl_seconds,
-    )
-    body = _b64encode(json.dumps(claims.to_json(), sort_keys=True, separators=(",", ":")).encode())
-    return f"{body}.{_b64encode(_mac(secret, body))}"
-
-
-def verify_token(secret: bytes, token: str, now: datetime) -> Claims:
-    """The claims of a genuine, unexpired token; ``Unauthenticated`` says what is wrong."""
-    _check_secret(secret)
-    if len(token) > MAX_TOKEN_CHARS:
-        raise Unauthenticated(f"token is malformed: longer than {MAX_TOKEN_CHARS} characters")
-    body, sep, mac_text = token.partition(".")
-    if not sep or not body or not mac_text or "." in mac_text:
-        raise Unauthenticated("token is malformed: expected CLAIMS.SIGNATURE in base64url")
-    try:
-        mac = _b64decode(mac_text)
-        raw = _b64decode(body)
-    except (ValueError, binascii.Error):
-        raise Unauthenticated("token is malformed: not base64url") from None
-    if not hmac.compare_digest(mac, _mac(secret, body)):
-        raise Unauthenticated(
-            "token signature does not match: issued for another federation, or altered"
-        )
-    claims = _claims_from(raw)
-    if claims.expires_at is not None and _epoch(now) >= claims.expires_at:
-        expired = datetime.fromtimestamp(claims.expires_at, UTC).isoformat()
-        raise Unauthenticated(f"token expired at {expired}; ask for a new one")
-    return claims
-
-
-def _claims_from(raw: bytes) -> Claims:
-    # The MAC held, so this came from someone with the secret; still, trust only the shape.
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise Unauthenticated("token is malformed: its claims are not JSON") from None
-    if not isinstance(doc, dict) or doc.get("v") != TOKEN_VERSION:
-        raise Unauthenticated("token is malformed: unknown token version")
-    role, sub = doc.get("role"), doc.get("sub", "")
-    region, asset = doc.get("region"), doc.get("asset")
-    iat, exp = doc.get("iat", 0), doc.get("exp")
-    if (
-        role not in ROLES
-        or not isinstance(sub, str)
-        or not (region is None or isinstance(region, str))
-        or not (asset is None or isinstance(asset, str))
-        or not _is_int(iat)
-        or not (exp is None or _is_int(exp))
-    ):
-        raise Unauthenticated("token is malformed: its claims are not Sundesk claims")
-    return Claims(role, sub, region, asset, iat, exp)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # ----- policy -----------------------------------------------------------------------------
@@ -374,7 +220,7 @@ class AuthInterceptor(aio.ServerInterceptor):
         limiter: RateLimiter | None = None,
         on_rate_limited: Callable[[], None] | None = None,
     ) -> None:
-        _check_secret(secret)
+        check_secret(secret)
         self._secret = secret
         self._require_tokens = require_tokens
         self._clock = clock or SystemClock()
@@ -454,7 +300,7 @@ class AuthInterceptor(aio.ServerInterceptor):
     def _verify(self, token: str) -> Claims:
         now = self._clock.now()
         claims = self._verified.get(token)
-        if claims is not None and (claims.expires_at is None or _epoch(now) < claims.expires_at):
+        if claims is not None and (claims.expires_at is None or epoch(now) < claims.expires_at):
             self._verified.move_to_end(token)
             return claims
         claims = verify_token(self._secret, token, now)

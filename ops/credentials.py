@@ -23,8 +23,8 @@ from typing import Any
 
 import grpc
 
-from node.auth import MACHINE, issue_token
 from node.errors import ConfigError
+from node.tokens import MACHINE, issue_token
 from ops.certs import CertPaths, load_token_secret
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -120,11 +120,8 @@ def run(base: Path, seed: int = 7) -> None:
     say(f"\nSimulated clock: Wednesday {START[:10]} from {START[11:16]} UTC, x{SPEED:.0f}.")
     certs = Path(state["certs"]) if state.get("certs") else None
 
-    def as_(role: str, subject: str) -> ClientCredentials | None:
-        return from_certs_dir(certs, mint_token(certs, role, subject)) if certs else None
-
-    ops_creds = as_("ops", "demo-ops")
-    feed = HandoffFeed(nodes["velizy"], ops_creds)
+    callers = Callers(certs)
+    feed = HandoffFeed(nodes["velizy"], callers.credentials("ops", "demo-ops"))
     created: Counter[str] = Counter()
     handoffs: list[spb.Handoff] = []
     acked: set[str] = set()
@@ -134,7 +131,7 @@ def run(base: Path, seed: int = 7) -> None:
     end = parse_iso(END)
     try:
         while True:
-            now = _sim_now(nodes["velizy"], ops_creds)
+            now = _sim_now(callers.client(nodes["velizy"], "ops", "demo-ops"))
             if now >= end:
                 break
             for region, address in nodes.items():
@@ -143,7 +140,9 @@ def run(base: Path, seed: int = 7) -> None:
                     and rnd.random() < 0.5
                     and (region != "us" or not crashed or restarted)
                 ):
-                    code = _open_ticket(address, region, rnd, as_("agent", f"agent-{region}"))
+                    code = _open_ticket(
+                        callers.client(address, "agent", f"agent-{region}"), region, rnd
+                    )
                     created[region] += 1
                     first_code = first_code or code
             for h in feed.drain():
@@ -162,7 +161,7 @@ def run(base: Path, seed: int = 7) -> None:
                     if not forgotten:
                         forgotten = h.id  # tonight, one engineer misses a page
                     else:
-                        _ack(nodes["japan"], h.id, as_("oncall", h.to_engineer))
+                        _ack(callers.client(nodes["japan"], "oncall", h.to_engineer), h.id)
             if not crashed and now.hour >= 15:
                 say(f"  {now:%H:%M}Z  -- the US node crashes (SIGKILL) --")
                 local.kill(base, "us")
@@ -171,7 +170,7 @@ def run(base: Path, seed: int = 7) -> None:
             if crashed and not restarted and time.monotonic() - crash_at > 4:
                 local.start(base, "us")
                 restarted = True
-                back = _sim_now(nodes["velizy"], ops_creds)
+                back = _sim_now(callers.client(nodes["velizy"], "ops", "demo-ops"))
                 say(f"  {back:%H:%M}Z  -- the US node is back and catches up --")
             time.sleep(0.25)
         for h in feed.drain():
@@ -203,41 +202,59 @@ def run(base: Path, seed: int = 7) -> None:
         say("\nDemo finished.")
     finally:
         feed.close()
+        callers.close()
         local.down(base)
 
 
-def _sim_now(address: str, creds: ClientCredentials | None) -> datetime:
-    with Client(address, creds) as c:
-        st = sun_pb2_grpc.SunStub(c.channel).GetStatus(spb.SunStatusRequest(), timeout=5)
+class Callers:
+    """One open client per (node, role, person): each with a token of its own, and the
+    TLS handshake paid once, not on every call (acknowledgements race the escalation)."""
+
+    def __init__(self, certs: Path | None) -> None:
+        self._certs = certs
+        self._clients: dict[tuple[str, str, str], Client] = {}
+
+    def credentials(self, role: str, subject: str) -> ClientCredentials | None:
+        if self._certs is None:
+            return None
+        return from_certs_dir(self._certs, mint_token(self._certs, role, subject))
+
+    def client(self, address: str, role: str, subject: str) -> Client:
+        key = (address, role, subject)
+        if key not in self._clients:
+            self._clients[key] = Client(address, self.credentials(role, subject))
+        return self._clients[key]
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            c.close()
+
+
+def _sim_now(c: Client) -> datetime:
+    st = sun_pb2_grpc.SunStub(c.channel).GetStatus(spb.SunStatusRequest(), timeout=5)
     return parse_iso(st.now)
 
 
-def _open_ticket(
-    address: str, region: str, rnd: random.Random, creds: ClientCredentials | None
-) -> str:
+def _open_ticket(c: Client, region: str, rnd: random.Random) -> str:
     title, priority = rnd.choice(PROBLEMS)
-    with Client(address, creds) as c:
-        t = c.desk.CreateTicket(
-            pb.CreateTicketRequest(
-                title=title,
-                priority=priority,
-                customer=rnd.choice(CUSTOMERS[region]),
-                created_by=f"agent-{region}",
-            ),
-            timeout=5,
-        )
+    t = c.desk.CreateTicket(
+        pb.CreateTicketRequest(
+            title=title,
+            priority=priority,
+            customer=rnd.choice(CUSTOMERS[region]),
+            created_by=f"agent-{region}",
+        ),
+        timeout=5,
+    )
     return str(t.code)
 
 
-def _ack(address: str, handoff_id: str, creds: ClientCredentials | None) -> None:
+def _ack(c: Client, handoff_id: str) -> None:
     # The handoff is stamped with the engineer whose token acknowledges it.
-    with Client(address, creds) as c:
-        try:
-            sun_pb2_grpc.SunStub(c.channel).AckHandoff(
-                spb.AckHandoffRequest(id=handoff_id), timeout=5
-            )
-        except grpc.RpcError:
-            pass  # already escalated or acknowledged: the feed shows which
+    try:
+        sun_pb2_grpc.SunStub(c.channel).AckHandoff(spb.AckHandoffRequest(id=handoff_id), timeout=5)
+    except grpc.RpcError:
+        pass  # already escalated or acknowledged: the feed shows which
 
 
 def _converge(base: Path, timeout: float = 60.0) -> float:

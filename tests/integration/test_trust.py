@@ -214,7 +214,7 @@ def test_each_role_gets_what_it_may_and_nothing_else(fed: dict[str, Any]) -> Non
         agent.desk.AddComment(pb.AddCommentRequest(code=t.code, text="on it"), timeout=TIMEOUT)
         assert agent.desk.GetTicket(pb.GetTicketRequest(code=t.code)).version == 2
     allowed = {
-        "oncall": {"list", "sun"},
+        "oncall": {"list", "sun", "ack"},
         "ops": {"list", "sun", "status"},
         "machine": set(),
     }
@@ -234,10 +234,17 @@ def test_each_role_gets_what_it_may_and_nothing_else(fed: dict[str, Any]) -> Non
                 "note": lambda sun=sun: sun.SetNote(
                     sun_pb2.SetNoteRequest(queue="velizy", text="no"), timeout=TIMEOUT
                 ),
+                # No such handoff: an allowed caller reaches the service and hears so.
+                "ack": lambda sun=sun: sun.AckHandoff(
+                    sun_pb2.AckHandoffRequest(id="HO-velizy-999999"), timeout=TIMEOUT
+                ),
             }
             for name, call in calls.items():
                 code = code_of(call)
-                expected = grpc.StatusCode.OK if name in may else grpc.StatusCode.PERMISSION_DENIED
+                if name not in may:
+                    expected = grpc.StatusCode.PERMISSION_DENIED
+                else:
+                    expected = grpc.StatusCode.NOT_FOUND if name == "ack" else grpc.StatusCode.OK
                 assert code == expected, (role, name, code)
     with as_role(fed, "agent") as agent:
         assert agent.desk.GetTicket(pb.GetTicketRequest(code=t.code)).version == 2

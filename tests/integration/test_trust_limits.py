@@ -10,6 +10,8 @@ node acknowledged is still there, also after a restart.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +29,7 @@ from ops.client import Client
 from ops.credentials import from_certs_dir, from_files, mint_token
 from sundesk.v1 import desk_pb2, federation_pb2, sun_pb2
 from sundesk.v1 import desk_pb2 as pb
-from tests.support.nodes import Federation
+from tests.support.nodes import ROOT, Federation, free_ports
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -69,6 +71,36 @@ def metric(fed: Federation, name: str) -> float:
 def agent(fed: Federation, certs: Path, subject: str) -> Client:
     creds = from_certs_dir(certs, mint_token(certs, "agent", subject))
     return Client(fed.node("velizy").address, creds)
+
+
+# ----- secure by default ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ((), "a node serves mTLS by default: give --tls-dir DIR"),
+        (("--insecure", "--tls-dir", "somewhere"), "contradict each other"),
+        (("--tls-dir", "/nonexistent/certs"), "does not exist; create it with `sundesk certs"),
+    ],
+)
+def test_a_node_will_not_start_plaintext_by_accident(
+    tmp_path: Path, flags: tuple[str, ...], message: str
+) -> None:
+    port = free_ports(1)[0]
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "ops.cli", "node", "--region", "velizy"),
+            *("--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "d"), *flags),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "d").exists()  # nothing written before refusing
 
 
 # ----- rate limits -----------------------------------------------------------------------
