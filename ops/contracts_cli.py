@@ -11,7 +11,7 @@ from google.protobuf.json_format import MessageToDict
 
 from node.convert import TIER_FROM_PB, TIER_TO_PB
 from node.tickets import Tier
-from ops.client import Client, print_table
+from ops.client import Client, connect, print_table
 from sundesk.v1 import contracts_pb2 as cpb
 from sundesk.v1 import contracts_pb2_grpc
 
@@ -43,7 +43,7 @@ def cmd_customer_add(args: argparse.Namespace) -> int:
     msg = cpb.Customer(
         id=args.id, name=args.name, home_region=args.region, tier=TIER_BY_NAME[args.tier]
     )
-    with Client(args.node) as c:
+    with connect(args) as c:
         got = stub(c).RegisterCustomer(
             cpb.RegisterCustomerRequest(customer=msg), timeout=args.timeout
         )
@@ -55,7 +55,7 @@ def cmd_customer_add(args: argparse.Namespace) -> int:
 
 
 def cmd_customer_list(args: argparse.Namespace) -> int:
-    with Client(args.node) as c:
+    with connect(args) as c:
         resp = stub(c).ListCustomers(
             cpb.ListCustomersRequest(home_region=args.region), timeout=args.timeout
         )
@@ -79,7 +79,7 @@ def cmd_asset_add(args: argparse.Namespace) -> int:
         monitored=args.monitored,
         heartbeat_seconds=args.heartbeat,
     )
-    with Client(args.node) as c:
+    with connect(args) as c:
         got = stub(c).RegisterAsset(cpb.RegisterAssetRequest(asset=msg), timeout=args.timeout)
     if args.json:
         print(json.dumps(as_dict(got), indent=2))
@@ -90,7 +90,7 @@ def cmd_asset_add(args: argparse.Namespace) -> int:
 
 
 def cmd_asset_list(args: argparse.Namespace) -> int:
-    with Client(args.node) as c:
+    with connect(args) as c:
         resp = stub(c).ListAssets(
             cpb.ListAssetsRequest(monitored_only=args.monitored, customer=args.customer),
             timeout=args.timeout,
@@ -168,7 +168,7 @@ def _hours(seconds: float | None) -> str:
 def cmd_stats(args: argparse.Namespace) -> int:
     req = cpb.StatsRequest(region=args.region, to=args.to)
     setattr(req, "from", args.start)  # "from" is a Python keyword
-    with Client(args.node) as c:
+    with connect(args) as c:
         got = stub(c).GetStats(req, timeout=args.timeout)
     d = stats_json(got)
     if args.json:
@@ -209,7 +209,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_engineer_list(args: argparse.Namespace) -> int:
-    with Client(args.node) as c:
+    with connect(args) as c:
         resp = stub(c).ListEngineers(
             cpb.ListEngineersRequest(region=args.region), timeout=args.timeout
         )

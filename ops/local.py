@@ -29,7 +29,7 @@ from federation.config import load_config
 from node.errors import FailedPrecondition, InvalidArgument, SundeskError
 from ops.certs import CertPaths, init_certs
 from ops.client import print_table
-from ops.credentials import ClientCredentials, from_certs_dir, mint_token
+from ops.credentials import ClientCredentials, from_certs_dir, mint_token, sundesk_home
 from ops.etcd_process import EtcdServer, EtcdTlsFiles
 from ops.processes import ROOT, NodeProcess, free_ports, wait_for
 
@@ -356,7 +356,7 @@ def add_parser(sub: Any) -> None:
     local = sub.add_parser("local", help="a whole federation on this machine")
     lsub = local.add_subparsers(dest="local_cmd", required=True, metavar="COMMAND")
     dir_arg = argparse.ArgumentParser(add_help=False)
-    dir_arg.add_argument("--dir", default=str(DEFAULT_DIR), help="state and data directory")
+    dir_arg.add_argument("--dir", default=str(sundesk_home()), help="state and data directory")
 
     p = lsub.add_parser("up", parents=[dir_arg], help="start etcd and the five nodes")
     p.add_argument("--wan", action="store_true", help="route peer links through delay proxies")

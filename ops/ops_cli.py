@@ -16,7 +16,8 @@ from rich.table import Table
 from node.errors import FailedPrecondition, NotFound
 from ops.client import Client
 from ops.collector import SpanStore, render_waterfall, ticket_trace
-from ops.local import DEFAULT_DIR, LocalFederation, operator_credentials, pid_alive
+from ops.credentials import sundesk_home
+from ops.local import LocalFederation, operator_credentials, pid_alive
 from sundesk.v1 import contracts_pb2 as cpb
 from sundesk.v1 import contracts_pb2_grpc, sun_pb2_grpc
 from sundesk.v1 import sun_pb2 as spb
@@ -219,11 +220,11 @@ def add_parser(sub: Any) -> None:
     p = osub.add_parser("trace", help="one ticket's trace as a waterfall")
     p.add_argument("code")
     p.add_argument("--db", default="", help="the collector's SQLite file")
-    p.add_argument("--dir", default=str(DEFAULT_DIR), help="local federation directory")
+    p.add_argument("--dir", default=str(sundesk_home()), help="local federation directory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_trace)
     p = osub.add_parser("status", help="health, owners, lag and backlog on one screen")
-    p.add_argument("--dir", default=str(DEFAULT_DIR))
+    p.add_argument("--dir", default=str(sundesk_home()))
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--json", action="store_true")

@@ -282,6 +282,15 @@ def test_the_cli_finds_the_local_credentials(fed: dict[str, Any]) -> None:
     plain = cli("ticket", "list", "--insecure")
     assert plain.returncode == 1 and plain.stderr.count("\n") == 1
     assert plain.stderr.startswith("error: UNAVAILABLE")
+    # Contracts go through the same credentials: an agent registers, anyone reads.
+    added = cli("customer", "add", "globex", "--name", "Globex", "--region", "uk", "--tier", "gold")
+    assert added.returncode == 0, added.stderr
+    listed = cli("customer", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "globex" in listed.stdout
+    stats = cli("stats", "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["opened"] >= 1
 
 
 # ----- forged operations -----------------------------------------------------------------
