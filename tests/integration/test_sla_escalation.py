@@ -2,8 +2,9 @@
 simulated clock: the queue's owner assigns it, sees the response target missed, records
 it once and escalates once; all five regions agree, and metrics and stats show it.
 
-The clock runs at 240x (an hour in 15 s), from Wednesday 4 March 2026 09:30 UTC, when
-Germany is open and owns its own queue.
+The first test runs the clock at 240x (an hour in 15 s) from Wednesday 4 March 2026
+09:30 UTC, when Germany is open and owns its own queue; the second at 60x across
+Germany's 17:00 handoff to the US, with margins of twenty real seconds either side.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ SPEED = 240
 BREACH_METRIC = 'sundesk_sla_breaches_total{queue="germany",target="response",tier="gold"}'
 
 
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    base = tmp_path_factory.mktemp("sla")
+@pytest.fixture
+def fed(tmp_path: Path) -> Iterator[Federation]:
+    """One federation per test: two of five nodes at once are too many for a small box."""
+    base = tmp_path
     etcd = EtcdServer(base / "etcd").start()
     f = Federation.make(
         base,
@@ -55,15 +57,20 @@ def contracts(node: NodeProcess) -> contracts_pb2_grpc.ContractsStub:
 
 
 def sun_status(node: NodeProcess) -> spb.SunStatus:
-    status: spb.SunStatus = sun_pb2_grpc.SunStub(grpc.insecure_channel(node.address)).GetStatus(
-        spb.SunStatusRequest(), timeout=2
-    )
+    """The node's view of ownership; empty when it does not answer in time (busy box)."""
+    stub = sun_pb2_grpc.SunStub(grpc.insecure_channel(node.address))
+    try:
+        status: spb.SunStatus = stub.GetStatus(spb.SunStatusRequest(), timeout=5)
+    except grpc.RpcError as err:
+        if err.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+            raise
+        return spb.SunStatus()
     return status
 
 
 def metric(fed: Federation, region: str, series: str) -> float:
     url = f"http://127.0.0.1:{fed.config.region(region).metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=2) as reply:
+    with urllib.request.urlopen(url, timeout=10) as reply:
         for line in reply.read().decode().splitlines():
             if line.startswith(series + " "):
                 return float(line.rsplit(" ", 1)[1])
@@ -172,7 +179,7 @@ def test_an_unanswered_gold_ticket_breaches_and_is_escalated_exactly_once(
 
 @pytest.fixture
 def evening(tmp_path: Path) -> Iterator[Federation]:
-    """From 15:30 UTC at 120x: Germany owns its queue until 17:00, then the US borrows it.
+    """From 15:40 UTC at 60x: Germany owns its queue until 17:00, then the US borrows it.
     The at-risk share is raised to half the target so that a gold P1 opened at 16:10 is
     at risk well before the handoff and missed well after it."""
     terms = DEFAULT_CONTRACTS_PATH.read_text().replace(
@@ -185,7 +192,7 @@ def evening(tmp_path: Path) -> Iterator[Federation]:
         tmp_path,
         etcd=etcd.endpoint,
         extra_args=[
-            "--clock-start", "2026-03-04T15:30:00Z", "--speed", "120",
+            "--clock-start", "2026-03-04T15:40:00Z", "--speed", "60",
             "--clock-origin", repr(time.time()), "--sla-period", "0.25",
             "--contracts", str(contracts_file),
         ],
@@ -226,7 +233,7 @@ def test_events_on_both_sides_of_a_handoff_are_each_recorded_once(evening: Feder
         found = {f"{b.target} {b.state}": b for b in lists[0]}
         return found if "response breached" in found else None
 
-    found = wait_for("the missed response, the same in all five regions", events, timeout=90)
+    found = wait_for("the missed response, the same in all five regions", events, timeout=120)
     assert sorted(found) == ["response at_risk", "response breached"]
     risk, missed = found["response at_risk"], found["response breached"]
     # At risk before 17:00, seen by Germany; missed after, seen by the US under a newer epoch.
