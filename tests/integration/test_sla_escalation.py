@@ -169,7 +169,7 @@ def test_an_unanswered_gold_ticket_breaches_and_is_escalated_exactly_once(
     # Stats on any region count the case, its breach, and no response met.
     request = cpb.StatsRequest(region="germany", to="2026-03-05")
     setattr(request, "from", "2026-03-04")
-    stats = contracts(japan).GetStats(request, timeout=5)
+    stats = contracts(japan).Stats(request, timeout=5)
     assert (stats.opened, stats.open_now, stats.breaches, stats.responded) == (1, 1, 1, 0)
     assert stats.response_sla.total == 0
 
