@@ -110,7 +110,7 @@ def is_read(method: str) -> bool:
     service, name = split_method(method)
     if service in (FEDERATION, TELEMETRY):
         return False
-    return name == "Status" or name.startswith(("Get", "List", "Watch"))
+    return name in ("Status", "Stats") or name.startswith(("Get", "List", "Watch"))
 
 
 @functools.lru_cache(maxsize=1024)  # pure, and asked on every call

@@ -52,12 +52,19 @@ class AutoAssigner:
         self._open = open_tickets
         self._metrics = metrics
         self._tracer = tracer
+        self._load: dict[str, int] | None = None
+
+    def start_scan(self) -> None:
+        """Forget the engineers' load: it is counted again, once, when first needed."""
+        self._load = None
 
     async def __call__(self, view: TicketView, epoch: int) -> TicketView | None:
         if view.state != State.NEW or view.assignee or view.tier is None:
             return None
         policy = self._contracts.tier(view.tier)
-        load = open_load(self._open())
+        if self._load is None:
+            self._load = open_load(self._open())
+        load = self._load
         lead = self._roster.pick(policy, self._region, load)
         if lead is None:
             return None  # nobody qualified here: it waits for a person or the next owner
@@ -92,6 +99,9 @@ class AutoAssigner:
                 after, _ = await self._store.write(view.code, build)
             except TakenMeanwhile:
                 return None
+        for name in (lead.name, second):
+            if name:
+                load[name] = load.get(name, 0) + 1  # the next pick of this scan sees it
         self._metrics.auto_assignments_total.labels(queue=view.queue, tier=view.tier.value).inc()
         log.info("%s assigned to %s (second: %s), epoch %d", view.code, lead.name, second, epoch)
         return after

@@ -129,7 +129,7 @@ class ContractsService(contracts_pb2_grpc.ContractsServicer):
         found = self._breaches(request.queue.strip())
         return cpb.ListBreachesResponse(breaches=[breach_to_pb(v) for v in found])
 
-    async def GetStats(self, request: cpb.StatsRequest, context: aio.ServicerContext) -> Any:
+    async def Stats(self, request: cpb.StatsRequest, context: aio.ServicerContext) -> Any:
         start = parse_bound(getattr(request, "from"), "from")
         end = parse_bound(request.to, "to")
         if start is not None and end is not None and end <= start:
@@ -181,11 +181,11 @@ def _rate(r: Ratio) -> cpb.Rate:
     return cpb.Rate(count=r.count, total=r.total, rate=r.rate or 0.0)
 
 
-def stats_to_pb(s: Stats, breaches: int) -> cpb.Stats:
+def stats_to_pb(s: Stats, breaches: int) -> cpb.StatsReport:
     def seconds(value: timedelta | None) -> float:
         return value.total_seconds() if value is not None else 0.0
 
-    msg = cpb.Stats(
+    msg = cpb.StatsReport(
         region=s.region or "",
         to=iso(s.end) if s.end else "",
         opened=s.opened,

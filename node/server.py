@@ -14,7 +14,6 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import grpc
@@ -27,24 +26,18 @@ from federation.etcd_leases import EtcdOwnership, EtcdSession
 from federation.replication_service import CommitSignal, FederationService
 from federation.replicator import Replicator
 from federation.sun import SunCoordinator, SunHooks
-from node.auto_assign import AutoAssigner
 from node.clock import Clock, SystemClock
 from node.contracts import load_contracts
-from node.contracts_service import ContractsService
+from node.contracts_wiring import build_contract_parts
 from node.desk_service import DeskService
-from node.dues import DueClock
 from node.errors import StorageError, SundeskError, Unavailable
 from node.grpc_errors import ErrorInterceptor
 from node.handoff_log import SqliteHandoffLog
 from node.limits import NodeLimits
 from node.observe import NodeObserver
-from node.registry import Registry
 from node.roster import load_roster
-from node.sla_monitor import SlaMonitor, breach_records
 from node.sqlite_store import SqliteTicketStore
-from node.store import TicketFilter, every_ticket
 from node.sun_service import SunService
-from node.tickets import OPEN_STATES
 from node.trust import NodeTrust
 from node.watch import WatchHub
 from ops.interceptors import ObservabilityInterceptor
@@ -166,15 +159,27 @@ class Node:
             credentials=trust.peer if trust is not None else None,
         )
         queues = {r.name: r.name for r in self.config.regions}
-        self.registry = Registry(self.store, self.config.region_names())
-        self.dues = DueClock(self.contracts, self.config.region)
+        carrier = obs.change_carrier if self.options.observability else None
+        parts = build_contract_parts(
+            self.config,
+            self.region.name,
+            self.store,
+            self.contracts,
+            self.roster,
+            lambda: self.coordinator,
+            self.clock.now,
+            self.metrics,
+            tracer,
+            carrier,
+        )
+        self.registry, self.dues, self.sla_monitor = parts.registry, parts.dues, parts.monitor
         desk = DeskService(
             self.store,
             self.hub,
             queues,
             trace_carrier=obs.trace_carrier,
             replication_info=self._replication_info,
-            change_carrier=obs.change_carrier if self.options.observability else None,
+            change_carrier=carrier,
             tag_ticket=obs.tag_ticket,
             registry=self.registry,
             dues=self.dues,
@@ -202,34 +207,7 @@ class Node:
         )
         self.store.add_listener(self.sun.on_changes)
         sun_pb2_grpc.add_SunServicer_to_server(self.sun, server)
-        self.sla_monitor = SlaMonitor(
-            self.region.name,
-            self.store,
-            self.dues,
-            lambda: self.coordinator,
-            self.clock.now,
-            self.metrics,
-            tracer,
-            change_carrier=obs.change_carrier if self.options.observability else None,
-            on_owned_ticket=AutoAssigner(
-                self.region.name,
-                self.store,
-                self.contracts,
-                self.roster,
-                partial(every_ticket, self.store, TicketFilter(states=tuple(OPEN_STATES))),
-                self.metrics,
-                tracer,
-            ),
-        )
-        contracts_pb2_grpc.add_ContractsServicer_to_server(
-            ContractsService(
-                self.registry,
-                breaches=partial(breach_records, self.store),
-                tickets=partial(every_ticket, self.store),
-                roster=self.roster,
-            ),
-            server,
-        )
+        contracts_pb2_grpc.add_ContractsServicer_to_server(parts.service, server)
         on_send = obs.on_send if self.options.observability else None
         federation_pb2_grpc.add_FederationServicer_to_server(
             FederationService(self.store, self.signal, self.status, on_batch=on_send), server

@@ -58,6 +58,14 @@ class QueueOwner(Protocol):
     async def owner_action(self, queue: str, action_name: str) -> int: ...
 
 
+class OwnedTicketWork(Protocol):
+    """Other owner-only work on each open ticket of an owned queue (auto-assignment)."""
+
+    def start_scan(self) -> None: ...
+
+    async def __call__(self, view: TicketView, epoch: int) -> TicketView | None: ...
+
+
 class SlaMonitor:
     def __init__(
         self,
@@ -69,7 +77,7 @@ class SlaMonitor:
         metrics: Metrics,
         tracer: Tracer,
         change_carrier: Callable[[Mapping[str, str]], dict[str, str]] | None = None,
-        on_owned_ticket: Callable[[TicketView, int], Any] | None = None,
+        on_owned_ticket: OwnedTicketWork | None = None,
     ) -> None:
         self._region = region
         self._store = store
@@ -96,6 +104,8 @@ class SlaMonitor:
         if owner is None:
             return []
         recorded: list[SlaEvent] = []
+        if self._on_owned is not None:
+            self._on_owned.start_scan()
         with self._metrics.sla_scan_seconds.time():
             for st in owner.status():
                 if not st.mine:

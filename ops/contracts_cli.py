@@ -119,7 +119,7 @@ def _rate(r: cpb.Rate) -> dict[str, Any]:
     return {"count": r.count, "total": r.total, "rate": round(r.rate, 4) if r.total else None}
 
 
-def stats_json(s: cpb.Stats) -> dict[str, Any]:
+def stats_json(s: cpb.StatsReport) -> dict[str, Any]:
     def maybe(value: float, present: bool) -> float | None:
         return round(value, 3) if present else None
 
@@ -169,7 +169,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     req = cpb.StatsRequest(region=args.region, to=args.to)
     setattr(req, "from", args.start)  # "from" is a Python keyword
     with connect(args) as c:
-        got = stub(c).GetStats(req, timeout=args.timeout)
+        got = stub(c).Stats(req, timeout=args.timeout)
     d = stats_json(got)
     if args.json:
         print(json.dumps(d, indent=2))

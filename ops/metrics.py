@@ -43,6 +43,7 @@ LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 90
 ACK_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
 
 LEASE_STATES = ("alive", "expiring", "lost")
+TIERS = ("bronze", "silver", "gold", "platinum")  # node.tickets.Tier
 
 
 class Metrics:
@@ -320,6 +321,11 @@ class Metrics:
         for queue in regions if queues is None else queues:
             self.tickets_created_total.labels(queue)
             self.failovers_total.labels(queue)
+            for target in ("response", "resolution"):
+                self.sla_at_risk.labels(queue=queue, target=target)
+                for tier in TIERS:
+                    self.sla_breaches_total.labels(queue=queue, tier=tier, target=target)
+                    self.sla_at_risk_total.labels(queue=queue, tier=tier, target=target)
         for name in regions:
             self.replication_applied_total.labels(name)
             self.operations_rejected_total.labels(name)

@@ -265,6 +265,6 @@ def test_bad_stats_requests_are_invalid_arguments(
         setattr(request, key, value)
     with fed.node("velizy").client() as c:
         with pytest.raises(grpc.RpcError) as info:
-            contracts(c).GetStats(request)
+            contracts(c).Stats(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in info.value.details()

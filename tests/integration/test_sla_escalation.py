@@ -2,8 +2,9 @@
 simulated clock: the queue's owner assigns it, sees the response target missed, records
 it once and escalates once; all five regions agree, and metrics and stats show it.
 
-The clock runs at 240x (an hour in 15 s), from Wednesday 4 March 2026 09:30 UTC, when
-Germany is open and owns its own queue.
+The first test runs the clock at 240x (an hour in 15 s) from Wednesday 4 March 2026
+09:30 UTC, when Germany is open and owns its own queue; the second at 60x across
+Germany's 17:00 handoff to the US, with margins of twenty real seconds either side.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 
+from node.contracts import DEFAULT_CONTRACTS_PATH
 from node.convert import ts_to_iso
 from ops.etcd_process import EtcdServer
 from sundesk.v1 import contracts_pb2 as cpb
@@ -29,9 +32,10 @@ SPEED = 240
 BREACH_METRIC = 'sundesk_sla_breaches_total{queue="germany",target="response",tier="gold"}'
 
 
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    base = tmp_path_factory.mktemp("sla")
+@pytest.fixture
+def fed(tmp_path: Path) -> Iterator[Federation]:
+    """One federation per test: two of five nodes at once are too many for a small box."""
+    base = tmp_path
     etcd = EtcdServer(base / "etcd").start()
     f = Federation.make(
         base,
@@ -53,15 +57,20 @@ def contracts(node: NodeProcess) -> contracts_pb2_grpc.ContractsStub:
 
 
 def sun_status(node: NodeProcess) -> spb.SunStatus:
-    status: spb.SunStatus = sun_pb2_grpc.SunStub(grpc.insecure_channel(node.address)).GetStatus(
-        spb.SunStatusRequest(), timeout=2
-    )
+    """The node's view of ownership; empty when it does not answer in time (busy box)."""
+    stub = sun_pb2_grpc.SunStub(grpc.insecure_channel(node.address))
+    try:
+        status: spb.SunStatus = stub.GetStatus(spb.SunStatusRequest(), timeout=5)
+    except grpc.RpcError as err:
+        if err.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+            raise
+        return spb.SunStatus()
     return status
 
 
 def metric(fed: Federation, region: str, series: str) -> float:
     url = f"http://127.0.0.1:{fed.config.region(region).metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=2) as reply:
+    with urllib.request.urlopen(url, timeout=10) as reply:
         for line in reply.read().decode().splitlines():
             if line.startswith(series + " "):
                 return float(line.rsplit(" ", 1)[1])
@@ -160,6 +169,85 @@ def test_an_unanswered_gold_ticket_breaches_and_is_escalated_exactly_once(
     # Stats on any region count the case, its breach, and no response met.
     request = cpb.StatsRequest(region="germany", to="2026-03-05")
     setattr(request, "from", "2026-03-04")
-    stats = contracts(japan).GetStats(request, timeout=5)
+    stats = contracts(japan).Stats(request, timeout=5)
     assert (stats.opened, stats.open_now, stats.breaches, stats.responded) == (1, 1, 1, 0)
     assert stats.response_sla.total == 0
+
+
+# ----- across a handoff -------------------------------------------------------------------
+
+
+@pytest.fixture
+def evening(tmp_path: Path) -> Iterator[Federation]:
+    """From 15:40 UTC at 60x: Germany owns its queue until 17:00, then the US borrows it.
+    The at-risk share is raised to half the target so that a gold P1 opened at 16:10 is
+    at risk well before the handoff and missed well after it."""
+    terms = DEFAULT_CONTRACTS_PATH.read_text().replace(
+        "at_risk_fraction = 0.2", "at_risk_fraction = 0.5"
+    )
+    contracts_file = tmp_path / "contracts.toml"
+    contracts_file.write_text(terms)
+    etcd = EtcdServer(tmp_path / "etcd").start()
+    f = Federation.make(
+        tmp_path,
+        etcd=etcd.endpoint,
+        extra_args=[
+            "--clock-start", "2026-03-04T15:40:00Z", "--speed", "60",
+            "--clock-origin", repr(time.time()), "--sla-period", "0.25",
+            "--contracts", str(contracts_file),
+        ],
+    )  # fmt: skip
+    try:
+        yield f.start()
+    finally:
+        f.stop()
+        etcd.close()
+
+
+def test_events_on_both_sides_of_a_handoff_are_each_recorded_once(evening: Federation) -> None:
+    fed = evening
+    germany, us = fed.node("germany"), fed.node("us")
+    wait_for(
+        "Germany to own its queue",
+        lambda: any(q.queue == "germany" and q.mine for q in sun_status(germany).queues),
+        timeout=60,
+    )
+    wait_for("16:10", lambda: sun_status(germany).now >= "2026-03-04T16:10", timeout=60)
+    with germany.client() as c:
+        created = c.desk.CreateTicket(
+            pb.CreateTicketRequest(title="Robot cell down", priority=1, tier=pb.CONTRACT_TIER_GOLD),
+            timeout=5,
+        )
+    code = created.code
+    # Due within the hour: at risk from 30 minutes before it, Germany's; missed, the US's.
+    assert "2026-03-04T17:00" < ts_to_iso(created.response_due) < "2026-03-04T17:30"
+
+    def events() -> dict[str, cpb.Breach] | None:
+        lists = [
+            [b for b in contracts(n).ListBreaches(cpb.ListBreachesRequest(), timeout=5).breaches
+             if b.code == code]
+            for n in fed.nodes.values()
+        ]  # fmt: skip
+        if not all(x == lists[0] for x in lists):
+            return None
+        found = {f"{b.target} {b.state}": b for b in lists[0]}
+        return found if "response breached" in found else None
+
+    found = wait_for("the missed response, the same in all five regions", events, timeout=120)
+    assert sorted(found) == ["response at_risk", "response breached"]
+    risk, missed = found["response at_risk"], found["response breached"]
+    # At risk before 17:00, seen by Germany; missed after, seen by the US under a newer epoch.
+    assert (risk.region, risk.escalation_level) == ("germany", 1)
+    assert (missed.region, missed.escalation_level) == ("us", 2)
+    assert missed.epoch > risk.epoch
+    series = {
+        "risk": 'sundesk_sla_at_risk_total{queue="germany",target="response",tier="gold"}',
+        "missed": BREACH_METRIC,
+        "L2": 'sundesk_escalations_total{level="L2"}',
+    }
+    counts = {k: {r: metric(fed, r, s) for r in fed.nodes if metric(fed, r, s)}
+              for k, s in series.items()}  # fmt: skip
+    assert counts == {"risk": {"germany": 1}, "missed": {"us": 1}, "L2": {"us": 1}}
+    with us.client() as c:
+        t = c.desk.GetTicket(pb.GetTicketRequest(code=code), timeout=5)
+    assert (t.escalation_level, t.sla.response_recorded) == (2, "breached")

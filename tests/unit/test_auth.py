@@ -174,7 +174,7 @@ TABLE: list[tuple[str, object | None, set[str]]] = [
     ("/sundesk.v1.Contracts/RegisterCustomer", None, {"agent"}),
     ("/sundesk.v1.Contracts/RegisterAsset", None, {"agent"}),
     ("/sundesk.v1.Contracts/ListCustomers", None, {"agent", "oncall", "ops"}),
-    ("/sundesk.v1.Contracts/GetStats", None, {"agent", "oncall", "ops"}),
+    ("/sundesk.v1.Contracts/Stats", None, {"agent", "oncall", "ops"}),
     ("/sundesk.v1.Ops/Restart", None, set()),
     ("/sundesk.v1.Federation/Pull", None, set()),
     ("/sundesk.v1.Federation/Status", None, {"ops"}),
