@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,9 @@ from sundesk.v1 import desk_pb2 as pb
 from sundesk.v1 import desk_pb2_grpc
 
 
-async def measure(address: str, in_flight: int, seconds: float) -> Result:
+async def measure(
+    address: str, in_flight: int, seconds: float, server_pid: int | None = None
+) -> Result:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = desk_pb2_grpc.DeskStub(channel)
 
@@ -33,7 +36,7 @@ async def measure(address: str, in_flight: int, seconds: float) -> Result:
                 pb.CreateTicketRequest(title=f"bench ticket {i}", customer="bench", priority=3)
             )
 
-        return await closed_loop(call, in_flight, seconds)
+        return await closed_loop(call, in_flight, seconds, server_pid=server_pid)
 
 
 def start_echo(port: int) -> subprocess.Popen[bytes]:
@@ -83,12 +86,18 @@ def main() -> None:
         node.start()
         echo_rates: list[float] = []
         node_rates: list[float] = []
+        echo_cpu: list[float] = []
+        node_cpu: list[float] = []
         try:
             for r in range(args.rounds):
-                e = asyncio.run(measure(f"127.0.0.1:{echo_port}", args.in_flight, args.seconds))
-                n = asyncio.run(measure(node.address, args.in_flight, args.seconds))
+                e = asyncio.run(
+                    measure(f"127.0.0.1:{echo_port}", args.in_flight, args.seconds, echo.pid)
+                )
+                n = asyncio.run(measure(node.address, args.in_flight, args.seconds, node.pid))
                 echo_rates.append(e.rate)
                 node_rates.append(n.rate)
+                echo_cpu.append(e.cpu_per_call or 0.0)
+                node_cpu.append(n.cpu_per_call or 0.0)
                 print(f"round {r + 1}: echo        {e.summary()}")
                 print(f"round {r + 1}: CreateTicket {n.summary()}")
         finally:
@@ -99,6 +108,12 @@ def main() -> None:
     print(
         f"median echo {median(echo_rates):.0f}/s, CreateTicket {median(node_rates):.0f}/s "
         f"(durable, {args.in_flight} in flight): ratio {ratio:.2f}"
+    )
+    e_cpu, n_cpu = median(echo_cpu), median(node_cpu)
+    print(
+        f"median server CPU per call: echo {e_cpu * 1e6:.0f} us, CreateTicket "
+        f"{n_cpu * 1e6:.0f} us: CPU ratio {e_cpu / n_cpu:.2f}; load average "
+        f"{os.getloadavg()[0]:.1f}"
     )
 
 
