@@ -64,9 +64,15 @@ def main() -> None:
     parser.add_argument(
         "--node-arg", action="append", default=[], help="extra argument for the node (repeatable)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. `git archive OLD | tar -x -C DIR`, plus its generated "
+        "sundesk/ package) whose node is measured in the same rounds: before/after figures",
+    )
     args = parser.parse_args()
 
-    echo_port, node_port = free_ports(2)
+    echo_port, node_port, baseline_port = free_ports(3)
     with tempfile.TemporaryDirectory(
         prefix="sundesk-bench-", dir=ROOT / "var" if (ROOT / "var").is_dir() else None
     ) as tmp:
@@ -82,12 +88,27 @@ def main() -> None:
             base / "node.log",
             extra_args=args.node_arg,
         )
+        baseline = None
+        if args.baseline is not None:
+            config = load_config(None).with_addresses({"velizy": f"127.0.0.1:{baseline_port}"})
+            (base / "baseline.toml").write_text(config.to_toml())
+            baseline = NodeProcess(
+                "velizy",
+                f"127.0.0.1:{baseline_port}",
+                base / "baseline",
+                base / "baseline.toml",
+                base / "baseline.log",
+                extra_args=args.node_arg,
+                source=args.baseline.resolve(),
+            ).start()
         echo = start_echo(echo_port)
         node.start()
         echo_rates: list[float] = []
         node_rates: list[float] = []
         echo_cpu: list[float] = []
         node_cpu: list[float] = []
+        old_rates: list[float] = []
+        old_cpu: list[float] = []
         try:
             for r in range(args.rounds):
                 e = asyncio.run(
@@ -100,10 +121,19 @@ def main() -> None:
                 node_cpu.append(n.cpu_per_call or 0.0)
                 print(f"round {r + 1}: echo        {e.summary()}")
                 print(f"round {r + 1}: CreateTicket {n.summary()}")
+                if baseline is not None:
+                    b = asyncio.run(
+                        measure(baseline.address, args.in_flight, args.seconds, baseline.pid)
+                    )
+                    old_rates.append(b.rate)
+                    old_cpu.append(b.cpu_per_call or 0.0)
+                    print(f"round {r + 1}: baseline    {b.summary()}")
         finally:
             echo.terminate()
             echo.wait(10)
             node.terminate()
+            if baseline is not None:
+                baseline.terminate()
     ratio = median(node_rates) / median(echo_rates)
     print(
         f"median echo {median(echo_rates):.0f}/s, CreateTicket {median(node_rates):.0f}/s "
@@ -115,6 +145,12 @@ def main() -> None:
         f"{n_cpu * 1e6:.0f} us: CPU ratio {e_cpu / n_cpu:.2f}; load average "
         f"{os.getloadavg()[0]:.1f}"
     )
+    if old_rates:
+        old, old_c = median(old_rates), median(old_cpu)
+        print(
+            f"baseline {old:.0f}/s: ratio {old / median(echo_rates):.2f}; CPU per call "
+            f"{old_c * 1e6:.0f} us: CPU ratio {e_cpu / old_c:.2f}"
+        )
 
 
 if __name__ == "__main__":

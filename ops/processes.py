@@ -63,8 +63,10 @@ class NodeProcess:
         config_path: Path,
         log_path: Path,
         extra_args: Iterable[str] = (),
+        source: Path = ROOT,
     ) -> None:
         self.region = region
+        self.source = source  # the checkout whose code runs (benchmarks compare two)
         self.address = address
         self.data_dir = data_dir
         self.config_path = config_path
@@ -95,7 +97,7 @@ class NodeProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.command(),
-                cwd=ROOT,
+                cwd=self.source,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
