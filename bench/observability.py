@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -63,11 +64,16 @@ def main() -> None:
                 extra_args=[*extra, "--metrics-port", "0"],
             ).start()
         rates: dict[str, list[float]] = {"on": [], "off": []}
+        cpu: dict[str, list[float]] = {"on": [], "off": []}
         try:
             for r in range(args.rounds):
                 for name in ("off", "on"):
-                    result = asyncio.run(measure(nodes[name].address, args.in_flight, args.seconds))
+                    node = nodes[name]
+                    result = asyncio.run(
+                        measure(node.address, args.in_flight, args.seconds, node.pid)
+                    )
                     rates[name].append(result.rate)
+                    cpu[name].append(result.cpu_per_call or 0.0)
                     print(f"round {r + 1}: observability {name:3}  {result.summary()}")
         finally:
             for node in nodes.values():
@@ -78,6 +84,12 @@ def main() -> None:
     print(
         f"median with tracing+metrics {on:.0f}/s, without {off:.0f}/s: "
         f"overhead {(1 - on / off) * 100:.1f}% (target <= 10%)"
+    )
+    on_cpu, off_cpu = median(cpu["on"]), median(cpu["off"])
+    print(
+        f"median node CPU per call {on_cpu * 1e6:.0f} us with, {off_cpu * 1e6:.0f} us without "
+        f"(+{(on_cpu / off_cpu - 1) * 100:.0f}%, the collector's own CPU not included); "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
 
 

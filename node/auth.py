@@ -241,13 +241,18 @@ class AuthInterceptor(aio.ServerInterceptor):
         if cached is not None:
             return cached
         handler = await continuation(handler_call_details)
-        if handler is None or is_open(method):
+        if handler is None:
             return handler
-        # One guarded handler per method: the gate reads each call's metadata from its
-        # context, so nothing is rebuilt per call.
-        guarded = _guarded(handler, _Gate(self, method))
-        self._handlers[method] = guarded
+        guarded = self._handlers[method] = self.wrap_handler(method, handler)
         return guarded
+
+    def wrap_handler(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The guard of ``method``, also applied once at registration (``node.handlers``).
+
+        One guarded handler per method: the gate reads each call's metadata from its
+        context, so nothing is rebuilt per call.
+        """
+        return handler if is_open(method) else _guarded(handler, _Gate(self, method))
 
     def admit(
         self, method: str, metadata: tuple[Any, ...], context: aio.ServicerContext

@@ -1,11 +1,12 @@
 """The one place where domain errors become gRPC statuses.
 
-``ErrorInterceptor`` wraps every handler: a ``SundeskError`` becomes its status with the
-error's message; anything unexpected is logged with its traceback here and reaches the
-client as INTERNAL with an incident id, never as a traceback. Bytes that do not parse as
-the method's request message become INVALID_ARGUMENT (gRPC alone would answer UNKNOWN
-with the parser's exception): the deserializer hands a ``MalformedRequest`` on instead
-of raising, and the wrapped handler refuses it before the servicer sees it.
+``ErrorInterceptor`` (or ``wrap_errors`` at registration) wraps every handler: a
+``SundeskError`` becomes its status with the error's message; anything unexpected is
+logged with its traceback here and reaches the client as INTERNAL with an incident id,
+never as a traceback. Bytes that do not parse as the method's request message become
+INVALID_ARGUMENT (gRPC alone would answer UNKNOWN with the parser's exception): the
+deserializer hands a ``MalformedRequest`` on instead of raising, and the wrapped handler
+refuses it before the servicer sees it.
 """
 
 from __future__ import annotations
@@ -124,6 +125,12 @@ class ErrorInterceptor(aio.ServerInterceptor):
         wrapped = _wrap(handler)
         self._wrapped[method] = wrapped
         return wrapped
+
+
+def wrap_errors(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` with its errors mapped, for ``node.handlers.WrappingRegistrar``: the same
+    wrapping as ``ErrorInterceptor``'s, done once at registration."""
+    return _wrap(handler)
 
 
 def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from federation.config import FederationConfig, RegionConfig
 from federation.etcd_leases import EtcdOwnership, EtcdSession
@@ -31,7 +31,8 @@ from node.contracts import load_contracts
 from node.contracts_wiring import build_contract_parts
 from node.desk_service import DeskService
 from node.errors import StorageError, SundeskError, Unavailable
-from node.grpc_errors import ErrorInterceptor
+from node.grpc_errors import wrap_errors
+from node.handlers import make_server
 from node.handoff_log import SqliteHandoffLog
 from node.limits import NodeLimits
 from node.observe import NodeObserver
@@ -186,17 +187,24 @@ class Node:
             roster=self.roster,
             now=self.clock.now,
         )
-        interceptors: list[aio.ServerInterceptor] = []
-        if self.options.observability:
-            interceptors.append(ObservabilityInterceptor(self.metrics, tracer, self.region.name))
-        if trust is not None:
-            interceptors.append(trust.interceptor(self.options.limits, self.metrics))
-        server = aio.server(
-            interceptors=[*interceptors, *self.options.extra_interceptors, ErrorInterceptor()],
-            options=server_options(self.options.limits),
+        observe = (
+            ObservabilityInterceptor(self.metrics, tracer, self.region.name)
+            if self.options.observability
+            else None
+        )
+        # Auth, like error mapping and RPC metrics, wraps each handler once at registration.
+        guards = (
+            [trust.interceptor(self.options.limits, self.metrics).wrap_handler] if trust else []
+        )
+        server, registrar = make_server(
+            server_options(self.options.limits),
+            observe,
+            self.options.extra_interceptors,
+            *guards,
+            wrap_errors,
             maximum_concurrent_rpcs=self.options.limits.max_concurrent_rpcs,
         )
-        desk_pb2_grpc.add_DeskServicer_to_server(desk, server)
+        desk_pb2_grpc.add_DeskServicer_to_server(desk, registrar)
         self.handoffs = SqliteHandoffLog(self.store)
         self.sun = SunService(
             self.region.name,
@@ -206,21 +214,24 @@ class Node:
             self.clock.now,
         )
         self.store.add_listener(self.sun.on_changes)
-        sun_pb2_grpc.add_SunServicer_to_server(self.sun, server)
-        contracts_pb2_grpc.add_ContractsServicer_to_server(parts.service, server)
+        sun_pb2_grpc.add_SunServicer_to_server(self.sun, registrar)
+        contracts_pb2_grpc.add_ContractsServicer_to_server(parts.service, registrar)
         on_send = obs.on_send if self.options.observability else None
         federation_pb2_grpc.add_FederationServicer_to_server(
-            FederationService(self.store, self.signal, self.status, on_batch=on_send), server
+            FederationService(self.store, self.signal, self.status, on_batch=on_send), registrar
         )
         health_servicer = _health_servicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (
-                *SERVICES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
+        # enable_server_reflection() wants the server itself; this is what it registers.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(
+                (
+                    *SERVICES,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                )
             ),
-            server,
+            registrar,
         )
         try:
             port = (

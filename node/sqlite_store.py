@@ -85,6 +85,8 @@ RecordBuild = Callable[[ReplicatedTicket | None, datetime], tuple[str, dict[str,
 
 MAX_GROUP = 512
 _STOP = object()
+_INSERT_OP = "INSERT INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_UPSERT_TICKET = "INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 class _WriteFailed(Exception):
@@ -112,6 +114,38 @@ class _Result:
     error: BaseException | None = None
     changes: list[Change] = field(default_factory=list)
     counts: list[tuple[CountKey | None, CountKey | None]] = field(default_factory=list)
+
+
+class _Deferred:
+    """The rows of a group's new tickets, written with one ``executemany`` per table:
+    binding and stepping stay per row, the rest of a statement's cost is paid once.
+
+    Only a job that reads nothing back (a new ticket without a request id) is deferred;
+    the rows are written before any other job runs, so every read sees the group's
+    earlier writes. A failure here fails the group, which is then redone job by job.
+    """
+
+    def __init__(self) -> None:
+        self.on = False
+        self.ops: list[tuple[Any, ...]] = []
+        self.tickets: list[tuple[Any, ...]] = []
+
+    def reset(self) -> None:
+        self.on = False
+        self.ops.clear()
+        self.tickets.clear()
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        try:
+            if self.ops:
+                conn.executemany(_INSERT_OP, self.ops)
+            if self.tickets:
+                conn.executemany(_UPSERT_TICKET, self.tickets)
+        except sqlite3.Error as exc:
+            raise _WriteFailed(str(exc)) from exc
+        finally:
+            self.ops.clear()
+            self.tickets.clear()
 
 
 class _Committer:
@@ -221,6 +255,7 @@ class SqliteTicketStore:
         self._idle = asyncio.Event()
         self._idle.set()
         self._dirty_vv: set[str] = set()
+        self._deferred = _Deferred()
         self._committer = _Committer(self._wconn, f"store-commit-{region}")
 
     # ----- setup -------------------------------------------------------------------------
@@ -265,7 +300,7 @@ class SqliteTicketStore:
         trace_context: Mapping[str, str] | None = None,
         request_id: str = "",
     ) -> tuple[TicketView, Operation | None]:
-        result: tuple[TicketView, Operation | None] = await self._submit(
+        result: tuple[TicketView, Operation | None] = await self._enqueue(
             code=code, build=build, trace=dict(trace_context or {}), request_id=request_id
         )
         return result
@@ -275,7 +310,7 @@ class SqliteTicketStore:
     ) -> ReplicatedTicket | None:
         """Like ``write`` for a record; ``build`` may return None to write nothing. Returns
         the record as it is after the call (None if it still does not exist)."""
-        result: ReplicatedTicket | None = await self._submit(
+        result: ReplicatedTicket | None = await self._enqueue(
             code=key, record=build, trace=dict(trace_context or {})
         )
         return result
@@ -284,10 +319,12 @@ class SqliteTicketStore:
         kept = list(ops) if self._admit_remote is None else self._admit_remote(ops)
         if not kept:
             return []
-        applied: list[Operation] = await self._submit(remote=kept)
+        applied: list[Operation] = await self._enqueue(remote=kept)
         return applied
 
-    async def _submit(self, **kw: Any) -> Any:
+    def _enqueue(self, **kw: Any) -> asyncio.Future[Any]:
+        """The job's future, for the caller to await: not a coroutine of its own, which
+        would be one more frame to enter and resume on every write."""
         if self._closed:
             raise StorageError("the store is closed")
         loop = asyncio.get_running_loop()
@@ -298,7 +335,7 @@ class SqliteTicketStore:
             self._busy = True
             self._idle.clear()
             loop.call_soon(self._start_group)
-        return await job.future
+        return job.future
 
     def _start_group(self) -> None:
         jobs = self._pending[:MAX_GROUP]
@@ -336,6 +373,8 @@ class SqliteTicketStore:
         results: list[_Result] = []
         saved = (dict(self._vv), self._ticket_seq)
         self._dirty_vv = set()
+        deferred = self._deferred
+        deferred.reset()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in jobs:
@@ -343,6 +382,14 @@ class SqliteTicketStore:
                     conn.execute("SAVEPOINT job")
                 before = (dict(self._vv), self._ticket_seq)
                 self._job_counts = []
+                deferred.on = (
+                    not savepoints
+                    and job.code is None
+                    and job.build is not None
+                    and not job.request_id
+                )
+                if not deferred.on:
+                    deferred.flush(conn)
                 try:
                     res = self._run_job(job)
                     res.counts = self._job_counts
@@ -360,7 +407,9 @@ class SqliteTicketStore:
                         conn.execute("RELEASE job")
                     self._vv, self._ticket_seq = before
                     res = _Result(error=exc)
+                deferred.on = False
                 results.append(res)
+            deferred.flush(conn)
             for origin in self._dirty_vv:
                 conn.execute("INSERT OR REPLACE INTO vv VALUES (?, ?)", (origin, self._vv[origin]))
         except _WriteFailed:
@@ -562,20 +611,21 @@ class SqliteTicketStore:
         self._job_counts.append((counted, _count_key(values) if ticket.created else None))
         body = ticket.encode()
         digest = hashlib.sha256(body).hexdigest()
-        conn.execute(
-            "INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                ticket.code,
-                int(ticket.created),
-                values.get("state", ""),
-                values.get("queue", ""),
-                values.get("customer", ""),
-                values.get("kind", ""),
-                values.get("created_at", ""),
-                digest,
-                body,
-            ),
+        row = (
+            ticket.code,
+            int(ticket.created),
+            values.get("state", ""),
+            values.get("queue", ""),
+            values.get("customer", ""),
+            values.get("kind", ""),
+            values.get("created_at", ""),
+            digest,
+            body,
         )
+        if self._deferred.on:
+            self._deferred.tickets.append(row)
+        else:
+            conn.execute(_UPSERT_TICKET, row)
         self._vv[op.origin] = op.seq
         self._dirty_vv.add(op.origin)
         return ticket, previous, digest
@@ -596,21 +646,21 @@ class SqliteTicketStore:
         self._dirty_vv.add(op.origin)
         return record, None, digest
 
-    @staticmethod
-    def _insert_op(conn: sqlite3.Connection, op: Operation) -> None:
-        conn.execute(
-            "INSERT INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                op.origin,
-                op.seq,
-                op.hlc,
-                op.ticket,
-                op.kind,
-                op.fields_json(),
-                orjson.dumps(dict(op.trace_context)),
-                op.signature,
-            ),
+    def _insert_op(self, conn: sqlite3.Connection, op: Operation) -> None:
+        row = (
+            op.origin,
+            op.seq,
+            op.hlc,
+            op.ticket,
+            op.kind,
+            op.fields_json(),
+            orjson.dumps(dict(op.trace_context)),
+            op.signature,
         )
+        if self._deferred.on:
+            self._deferred.ops.append(row)
+        else:
+            conn.execute(_INSERT_OP, row)
 
     @staticmethod
     def _load_record(conn: sqlite3.Connection, key: str) -> ReplicatedTicket | None:

@@ -14,7 +14,9 @@ deadline passed) as CANCELLED or DEADLINE_EXCEEDED.
 
 Place it first in the server's interceptor list, outside ``node.grpc_errors``'
 ``ErrorInterceptor``: then domain errors arrive here already turned into aborts and are
-counted under their own code rather than as UNKNOWN.
+counted under their own code rather than as UNKNOWN. A node without other interceptors
+uses ``wrap_handler`` instead, applied once per method at registration
+(``node.handlers``), in the same place: outside the error mapping.
 
 Cost, measured on a loaded 2-CPU box: calling the wrapped handler directly adds 10-16 µs
 per call with tracing disabled (metrics, context, handler wrapping) and 40-65 µs with SDK
@@ -83,6 +85,14 @@ def _code_name(context: aio.ServicerContext, default: str) -> str:
     return _CODE_NAMES.get(code, "UNKNOWN")
 
 
+def _carrier(metadata: Any) -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    for key, value in metadata or ():
+        if key in _TRACE_KEYS:
+            carrier[key] = value
+    return carrier
+
+
 def _interrupted_code(context: aio.ServicerContext) -> str:
     remaining = context.time_remaining()
     return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
@@ -106,13 +116,26 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
             # cannot grow our label sets with made-up method names.
             return handler
         full_method: str = handler_call_details.method
+        carrier = _carrier(handler_call_details.invocation_metadata)
+        return self._wrap(handler, self._method(full_method), carrier)
+
+    def wrap_handler(
+        self, full_method: str, handler: grpc.RpcMethodHandler
+    ) -> grpc.RpcMethodHandler:
+        """``handler`` with this interceptor's metrics and span, wrapped once for every call:
+        for a server that wraps its handlers at registration instead of running an
+        interceptor per call. The caller's trace context is read from each call's metadata."""
+        return self._wrap(handler, self._method(full_method), None)
+
+    def _method(self, full_method: str) -> _Method:
         method = self._methods.get(full_method)
         if method is None:
             method = self._methods[full_method] = _Method(full_method, self._metrics, self._region)
-        carrier: dict[str, str] = {}
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key in _TRACE_KEYS:
-                carrier[key] = value
+        return method
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler, method: _Method, carrier: dict[str, str] | None
+    ) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, carrier),
@@ -139,7 +162,11 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
             )
         return handler
 
-    def _start(self, method: _Method, carrier: dict[str, str]) -> tuple[Span, Context]:
+    def _start(
+        self, method: _Method, carrier: dict[str, str] | None, context: aio.ServicerContext
+    ) -> tuple[Span, Context]:
+        if carrier is None:
+            carrier = _carrier(context.invocation_metadata())
         # Without a traceparent the parent is an empty context, never whatever context the
         # server task happened to inherit: each incoming call is then a root.
         parent = extract_context(carrier) if carrier else Context()
@@ -149,11 +176,11 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
         return span, trace.set_span_in_context(span, parent)
 
     def _wrap_unary(
-        self, behavior: Callable[..., Any], method: _Method, carrier: dict[str, str]
+        self, behavior: Callable[..., Any], method: _Method, carrier: dict[str, str] | None
     ) -> Callable[..., Awaitable[Any]]:
         async def handler(request: Any, context: aio.ServicerContext) -> Any:
             start = time.perf_counter()
-            span, ctx = self._start(method, carrier)
+            span, ctx = self._start(method, carrier, context)
             token = attach(ctx)
             code = "UNKNOWN"
             try:
@@ -180,7 +207,7 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
         return handler
 
     def _wrap_stream(
-        self, behavior: Callable[..., Any], method: _Method, carrier: dict[str, str]
+        self, behavior: Callable[..., Any], method: _Method, carrier: dict[str, str] | None
     ) -> Callable[..., AsyncIterator[Any]]:
         # Streams are written either as async generators or as coroutines calling
         # ``await context.write()``; an async generator wrapper serves both. The span is
@@ -188,7 +215,7 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
         # finalize a dropped stream from another context, where detaching would fail.
         async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
             start = time.perf_counter()
-            span, ctx = self._start(method, carrier)
+            span, ctx = self._start(method, carrier, context)
             code = "UNKNOWN"
             iterator: Any = None
             try:

@@ -71,8 +71,10 @@ class NodeProcess:
         extra_args: Iterable[str] = (),
         credentials: ClientCredentials | None = None,
         tls_dir: Path | None = None,
+        source: Path = ROOT,
     ) -> None:
         self.region = region
+        self.source = source  # the checkout whose code runs (benchmarks compare two)
         self.address = address
         self.data_dir = data_dir
         self.config_path = config_path
@@ -106,7 +108,7 @@ class NodeProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.command(),
-                cwd=ROOT,
+                cwd=self.source,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -1,5 +1,8 @@
 """The observability interceptor on a real grpc.aio server: status codes as the client
-sees them, duration histograms, and SERVER spans parented on incoming traceparent."""
+sees them, duration histograms, and SERVER spans parented on incoming traceparent.
+
+Every test runs twice: with the interceptors in the server's chain, and with the same
+wrapping applied once at registration (``node.handlers``), as a node does."""
 
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from node.errors import InvalidArgument
-from node.grpc_errors import ErrorInterceptor
+from node.grpc_errors import ErrorInterceptor, wrap_errors
+from node.handlers import make_server
 from ops.interceptors import ObservabilityInterceptor
 from ops.metrics import Metrics
 from ops.tracing import (
@@ -70,7 +74,18 @@ class FakeDesk(desk_pb2_grpc.DeskServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "store closed")
 
 
+WIRINGS = ("interceptors", "registration")
+
+
+@pytest.fixture(params=WIRINGS, autouse=True)
+def wiring(request: pytest.FixtureRequest) -> str:
+    Env.wiring = request.param
+    return str(request.param)
+
+
 class Env:
+    wiring = WIRINGS[0]
+
     def __init__(self) -> None:
         self.metrics = Metrics("velizy")
         self.exporter = InMemorySpanExporter()
@@ -104,11 +119,15 @@ async def serving(
 ) -> AsyncIterator[Env]:
     # Outermost, as on a node: domain errors reach us already mapped by ErrorInterceptor.
     interceptor = ObservabilityInterceptor(env.metrics, get_tracer(env.provider), "velizy")
-    inner = [ErrorInterceptor()] if map_errors else []
-    server = aio.server(interceptors=[interceptor, *inner])
-    desk_pb2_grpc.add_DeskServicer_to_server(FakeDesk(), server)
+    registrar: Any
+    if env.wiring == "interceptors":
+        inner = [ErrorInterceptor()] if map_errors else []
+        server = registrar = aio.server(interceptors=[interceptor, *inner])
+    else:
+        server, registrar = make_server((), interceptor, (), *([wrap_errors] if map_errors else []))
+    desk_pb2_grpc.add_DeskServicer_to_server(FakeDesk(), registrar)
     if extra is not None:
-        extra(server)
+        extra(registrar)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
@@ -274,7 +293,7 @@ def test_generic_streams_written_either_way(style: str) -> None:
     behavior = by_write if style == "write" else by_generator
     handlers = {"Split": grpc.unary_stream_rpc_method_handler(behavior)}
 
-    def extra(server: aio.Server) -> None:
+    def extra(server: Any) -> None:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Echo", handlers),))
 
     env = Env()

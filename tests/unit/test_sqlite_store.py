@@ -223,6 +223,61 @@ def test_a_write_that_fails_in_sqlite_fails_alone(tmp_path: Path) -> None:
     asyncio.run(run())
 
 
+def test_new_tickets_written_together_still_fail_alone(tmp_path: Path) -> None:
+    """New tickets of a group are written in one statement per table; when SQLite refuses
+    one row of it, the group is redone job by job and only that ticket fails."""
+
+    async def run() -> None:
+        store = open_store(tmp_path)
+        store._wconn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON ops WHEN instr(NEW.fields, '\"bad\"') > 0 "
+            "BEGIN SELECT RAISE(ABORT, 'simulated'); END"
+        )
+        try:
+            outcomes = await asyncio.gather(
+                *(store.write(None, create(t)) for t in ("a", "bad", "b", "c")),
+                return_exceptions=True,
+            )
+            assert isinstance(outcomes[1], StorageError) and "simulated" in str(outcomes[1])
+            views = [o[0] for o in outcomes if isinstance(o, tuple)]
+            assert [(v.code, v.title) for v in views] == [
+                ("VEL-000001", "a"),
+                ("VEL-000002", "b"),
+                ("VEL-000003", "c"),
+            ]
+            assert store.version_vector() == {"velizy": 3}
+            assert [store.get(v.code).title for v in views] == ["a", "b", "c"]
+            assert [op.seq for op in store.read_ops({"velizy": 0}, 10)] == [1, 2, 3]
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def test_a_group_mixing_new_tickets_and_changes_sees_its_own_writes(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = open_store(tmp_path)
+        try:
+            first, _ = await store.write(None, create("first"))
+            outcomes = await asyncio.gather(
+                store.write(None, create("new one")),
+                store.write(first.code, update(priority=1)),
+                store.write(None, create("dup"), request_id="r1"),
+                store.write(None, create("dup"), request_id="r1"),
+                store.write(None, create("last")),
+            )
+            (new, _), (changed, _), (dup1, _), (dup2, _), (last, _) = outcomes
+            assert changed.priority == 1 and changed.version == 2
+            assert dup1.code == dup2.code  # the second found the request id the first wrote
+            assert [new.code, dup1.code, last.code] == ["VEL-000002", "VEL-000003", "VEL-000004"]
+            assert store.get(last.code).title == "last"
+            assert store.version_vector() == {"velizy": 5}
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
 def test_replies_wait_for_the_commit(tmp_path: Path) -> None:
     async def run() -> None:
         store = open_store(tmp_path)

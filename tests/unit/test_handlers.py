@@ -1,0 +1,100 @@
+"""Handlers wrapped once at registration: both of grpc's registration paths are wrapped,
+each method once, and made-up method names are not remembered."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from node.handlers import WrappingRegistrar, chain, make_server
+from sundesk.v1 import desk_pb2, desk_pb2_grpc
+
+
+class Desk(desk_pb2_grpc.DeskServicer):
+    async def GetTicket(self, request: Any, context: aio.ServicerContext) -> desk_pb2.Ticket:
+        return desk_pb2.Ticket(code=request.code)
+
+
+def tagging(tag: str, wrapped: list[tuple[str, str]]) -> Any:
+    """A wrap that records what it wrapped and appends ``tag`` to every reply's title."""
+
+    def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        wrapped.append((tag, method))
+        if handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+
+        async def call(request: Any, context: aio.ServicerContext) -> Any:
+            reply = await inner(request, context)
+            reply.title += tag
+            return reply
+
+        return grpc.unary_unary_rpc_method_handler(
+            call,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    return wrap
+
+
+class Details(grpc.HandlerCallDetails):
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.invocation_metadata = ()
+
+
+def test_calls_go_through_the_wraps_first_outermost() -> None:
+    wrapped: list[tuple[str, str]] = []
+
+    async def run() -> str:
+        server, registrar = make_server(
+            (), None, (), tagging("<outer", wrapped), tagging("<inner", wrapped)
+        )
+        desk_pb2_grpc.add_DeskServicer_to_server(Desk(), registrar)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                for _ in range(3):
+                    reply = await desk_pb2_grpc.DeskStub(channel).GetTicket(
+                        desk_pb2.GetTicketRequest(code="VEL-000001"), timeout=10
+                    )
+                return str(reply.title)
+        finally:
+            await server.stop(None)
+
+    title = asyncio.run(run())
+    assert title == "<inner<outer"  # the inner wrap ran first on the way out
+    # Registered handlers are wrapped once per method at registration, not per call.
+    get = "/sundesk.v1.Desk/GetTicket"
+    assert wrapped.count(("<inner", get)) == wrapped.count(("<outer", get)) >= 1
+    assert wrapped.count(("<inner", get)) <= 2  # registered table + generic lookup at most
+
+
+def test_generic_handlers_wrap_each_method_once_and_forget_unknown_names() -> None:
+    wrapped: list[tuple[str, str]] = []
+    added: list[Any] = []
+
+    class Server:
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            added.extend(handlers)
+
+    registrar = WrappingRegistrar(Server(), chain(tagging("t", wrapped)))  # type: ignore[arg-type]
+    handlers = {
+        "GetTicket": grpc.unary_unary_rpc_method_handler(Desk().GetTicket),
+    }
+    registrar.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("sundesk.v1.Desk", handlers),)
+    )
+    (generic,) = added
+    first = generic.service(Details("/sundesk.v1.Desk/GetTicket"))
+    again = generic.service(Details("/sundesk.v1.Desk/GetTicket"))
+    assert first is again and first is not handlers["GetTicket"]
+    for i in range(5):
+        assert generic.service(Details(f"/made.up/M{i}")) is None
+    assert wrapped == [("t", "/sundesk.v1.Desk/GetTicket")]
+    assert len(generic._wrapped) == 1
