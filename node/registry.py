@@ -12,7 +12,7 @@ an asset) so ``records(prefix, queue)`` can list one region's customers cheaply.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -22,6 +22,7 @@ from node.contracts import Asset, Customer, validate_id
 from node.errors import AlreadyExists, InvalidArgument, NotFound
 from node.rules import NewTicket
 from node.sqlite_store import SqliteTicketStore
+from node.store import Change
 from node.tickets import Tier, iso
 
 CUSTOMER_PREFIX = "CU-"
@@ -29,6 +30,8 @@ ASSET_PREFIX = "AS-"
 CUSTOMER_REGISTER = "registry.customer"
 ASSET_REGISTER = "registry.asset"
 REGISTRY_OP_KINDS = frozenset({CUSTOMER_REGISTER, ASSET_REGISTER})
+# Lookups remembered, misses too (walk-in customers); past this many ids, start afresh.
+CACHE_LIMIT = 20_000
 
 
 def customer_key(id: str) -> str:
@@ -82,6 +85,31 @@ class Registry:
     def __init__(self, store: SqliteTicketStore, regions: Collection[str] = ()) -> None:
         self._store = store
         self._regions = tuple(regions)
+        # Every ticket created and every machine report looks its customer or asset up;
+        # a record changes only through a commit, which ``_forget`` hears of.
+        self._cache: dict[str, Customer | Asset | None] = {}
+        store.add_listener(self._forget)
+
+    def _forget(self, changes: Sequence[Change]) -> None:
+        for change in changes:
+            if change.op.kind in REGISTRY_OP_KINDS:
+                self._cache.pop(change.op.ticket, None)
+
+    def _lookup(self, key: str) -> Customer | Asset | None:
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        record = self._store.get_record(key)
+        found: Customer | Asset | None = (
+            customer_from_record(record)
+            if key.startswith(CUSTOMER_PREFIX)
+            else asset_from_record(record)
+        )
+        if len(self._cache) >= CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = found
+        return found
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -90,10 +118,12 @@ class Registry:
     # ----- reads (committed state of this node) -----------------------------------------
 
     def get_customer(self, id: str) -> Customer | None:
-        return customer_from_record(self._store.get_record(customer_key(id)))
+        found = self._lookup(customer_key(id))
+        return found if isinstance(found, Customer) else None
 
     def get_asset(self, id: str) -> Asset | None:
-        return asset_from_record(self._store.get_record(asset_key(id)))
+        found = self._lookup(asset_key(id))
+        return found if isinstance(found, Asset) else None
 
     def customers(self, home_region: str = "") -> list[Customer]:
         found = map(customer_from_record, self._store.records(CUSTOMER_PREFIX, home_region))

@@ -107,3 +107,23 @@ def test_a_registered_customer_decides_tier_and_home() -> None:
 def test_a_ticket_contradicting_the_registry_is_refused(new: NewTicket, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         with_registered(new, ACME, SCANNER)
+
+
+def test_a_remembered_miss_is_forgotten_when_the_registration_replicates(tmp_path: Path) -> None:
+    async def main() -> None:
+        here = SqliteTicketStore(tmp_path / "velizy", "velizy", "VEL", FakeClock())
+        there = SqliteTicketStore(tmp_path / "uk", "uk", "GBR", FakeClock())
+        try:
+            local, remote = Registry(here, REGIONS), Registry(there, REGIONS)
+            assert local.get_customer("acme") is None  # a walk-in so far, and remembered
+            assert local.get_asset("acme-ct-1") is None
+            await remote.register_customer(ACME)
+            await remote.register_asset(SCANNER)
+            await here.apply_remote(there.read_ops({"uk": 0}, 100))
+            assert local.get_customer("acme") == ACME
+            assert local.get_asset("acme-ct-1") == SCANNER
+        finally:
+            await here.close()
+            await there.close()
+
+    asyncio.run(main())
