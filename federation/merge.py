@@ -106,23 +106,25 @@ def apply_in_place(ticket: ReplicatedTicket, op: Operation) -> bool:
     if not _insort_new(ticket.applied, oid):
         return False
     key = [op.hlc, op.origin, op.seq]
-    if _stamp_key(key) > _stamp_key(ticket.last_change):
+    order = (int(op.hlc), str(op.origin), int(op.seq))  # once, not once per field
+    if order > _stamp_key(ticket.last_change):
         ticket.last_change = key
     fields = op.fields
     if fields.get(CREATED_KEY):
         ticket.created = True
+    values, stamps = ticket.values, ticket.stamps
     for name, value in fields.items():
         if name in _SPECIAL:
             continue
         if name in MIN_FIELDS:
-            current = ticket.values.get(name)
+            current = values.get(name)
             if value and (not current or value < current):
-                ticket.values[name] = value
+                values[name] = value
             continue
-        stamp = ticket.stamps.get(name)
-        if stamp is None or _stamp_key(key) > _stamp_key(stamp):
-            ticket.values[name] = value
-            ticket.stamps[name] = key
+        stamp = stamps.get(name)
+        if stamp is None or order > _stamp_key(stamp):
+            values[name] = value
+            stamps[name] = key
     if COMMENT_KEY in fields:
         ticket.comments[oid] = {**fields[COMMENT_KEY], "id": oid, "hlc": op.hlc}
     if TRANSITION_KEY in fields:
