@@ -258,6 +258,7 @@ class CatchupResult:
     write_rate: float
     restart: float  # process start to serving
     seconds: float  # serving to holding every missed operation
+    cpu: float  # CPU seconds the catching-up node used meanwhile
     load: str
 
     @property
@@ -297,6 +298,8 @@ def catchup_bench(total: int, late: str = "japan") -> CatchupResult:
             local.start(base, late)  # returns once it serves (health check)
             serving = time.perf_counter()
             had = statuses.vector(late)
+            pid = {late: local.LocalFederation(base).load()["nodes"][late]["pid"]}
+            cpu0 = cpu_seconds(pid)
 
             def caught_up() -> bool:
                 vv = statuses.vector(late)
@@ -304,6 +307,7 @@ def catchup_bench(total: int, late: str = "japan") -> CatchupResult:
 
             wait_until(f"{late} to catch up", caught_up, 600, every=0.05)
             done = time.perf_counter()
+            cpu = cpu_seconds(pid) - cpu0
             load = load_average()
         finally:
             statuses.close()
@@ -313,7 +317,7 @@ def catchup_bench(total: int, late: str = "japan") -> CatchupResult:
     # What it lacked when it began serving; the few it got before the first poll count too,
     # so the rate is, if anything, understated.
     missed = sum(seq - had.get(o, 0) for o, seq in target.items())
-    return CatchupResult(missed, write_rate, serving - started, done - serving, load)
+    return CatchupResult(missed, write_rate, serving - started, done - serving, cpu, load)
 
 
 # ----- main -------------------------------------------------------------------------------
@@ -348,7 +352,8 @@ def main() -> None:
         print(
             f"catch-up: {c.rate:,.0f} operations/s: {c.missed:,} missed operations applied in "
             f"{c.seconds:.2f} s once serving (target >= 10,000/s); with the restart "
-            f"({c.restart:.2f} s) {c.rate_with_restart:,.0f}/s; written at "
+            f"({c.restart:.2f} s) {c.rate_with_restart:,.0f}/s; it used {c.cpu:.2f} CPU s "
+            f"({c.missed / max(c.cpu, 1e-9):,.0f} operations per CPU second); written at "
             f"{c.write_rate:,.0f}/s; load average {c.load}"
         )
 

@@ -89,6 +89,8 @@ class NodeObserver:
         self, traces: list[Mapping[str, str]], start_ns: int, end_ns: int, batch: int
     ) -> None:
         """One ``store.commit`` span per traced write of a group, sharing its timing."""
+        if not self._spans:
+            return
         for carrier in traces:
             if not carrier:
                 continue
@@ -185,6 +187,8 @@ class NodeObserver:
 
     def on_send(self, peer: str, ops: list[Operation]) -> None:
         """A ``replication.send`` span per batch, linked to the traces it carries."""
+        if not self._spans:  # the links alone parse every operation's trace context
+            return
         links = [
             Link(get_current_span(extract_context(op.trace_context)).get_span_context())
             for op in ops[:MAX_LINKS]
