@@ -17,7 +17,7 @@ completion without awaiting.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from node.clock import Clock
@@ -117,6 +117,21 @@ class HybridClock:
             new_logical = 0
         self._last = _normalized(new_wall, new_logical)
         return self._last
+
+    def observe_many(self, remotes: Iterable[int]) -> int:
+        """Merge a batch of received stamps: each one too far ahead is reported and ignored
+        as in :meth:`observe`, then the highest of the others is observed once. The clock
+        ends above every accepted stamp, as after observing them one by one, without a
+        logical step per stamp (a node catching up observes thousands at a time)."""
+        physical = self._physical_ms()
+        highest = -1
+        for remote in remotes:
+            remote_wall, _ = unpack(remote)
+            if remote_wall - physical > self._max_skew_ms:
+                self._reject(remote, physical)
+            elif remote > highest:
+                highest = remote
+        return self.observe(highest) if highest >= 0 else self._last
 
     def _reject(self, remote: int, physical: int) -> None:
         self.skew_rejections += 1

@@ -29,21 +29,30 @@ HEARTBEAT_SECONDS = 1.0
 
 
 class CommitSignal:
-    """Wakes every waiting sender after each durable commit.
+    """Wakes the senders waiting for an origin after each durable commit that holds one of
+    its operations.
 
-    Take ``current()`` *before* reading the log and wait on it after: a commit that lands
-    in between has already set it, so no wake-up is lost.
+    A node applies every peer's batches, so most commits carry nothing a given stream
+    sends (it sends the peer's own origin); waking every stream on every commit cost more
+    loop time than the sending. Take ``current(origins)`` *before* reading the log and wait
+    on it after: a commit that lands in between has already set it, so no wake-up is lost.
     """
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        # One event per set of wanted origins; the empty set wants every origin.
+        self._waiting: dict[frozenset[str], asyncio.Event] = {}
 
-    def notify(self, _changes: list[Change] | None = None) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
+    def notify(self, changes: list[Change] | None = None) -> None:
+        changed = None if changes is None else {c.op.origin for c in changes}
+        for key in list(self._waiting):
+            if changed is None or not key or not key.isdisjoint(changed):
+                self._waiting.pop(key).set()
 
-    def current(self) -> asyncio.Event:
-        return self._event
+    def current(self, origins: frozenset[str] = frozenset()) -> asyncio.Event:
+        event = self._waiting.get(origins)
+        if event is None:
+            event = self._waiting[origins] = asyncio.Event()
+        return event
 
 
 class _PullState:
@@ -67,7 +76,7 @@ class FederationService(federation_pb2_grpc.FederationServicer):
         self,
         store: SqliteTicketStore,
         signal: CommitSignal,
-        status: Callable[[], fpb.NodeStatus],
+        status: Callable[[bool], fpb.NodeStatus],
         on_batch: Callable[[str, list[Operation]], None] | None = None,
     ) -> None:
         self._store = store
@@ -78,7 +87,7 @@ class FederationService(federation_pb2_grpc.FederationServicer):
     async def Status(
         self, request: fpb.NodeStatusRequest, context: aio.ServicerContext
     ) -> fpb.NodeStatus:
-        return self._status()
+        return self._status(not request.skip_digest)
 
     async def Pull(
         self, request_iterator: AsyncIterator[fpb.PullRequest], context: aio.ServicerContext
@@ -91,7 +100,7 @@ class FederationService(federation_pb2_grpc.FederationServicer):
         try:
             idle_sent = False
             while True:
-                committed = self._signal.current()
+                committed = self._signal.current(state.origins)
                 state.changed.clear()
                 batch = self._next_batch(state)
                 if batch is None:

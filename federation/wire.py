@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import orjson
 
 from federation.operations import Operation
 from node.errors import InvalidArgument
@@ -24,8 +24,8 @@ def op_to_pb(op: Operation) -> fpb.Operation:
 
 def op_from_pb(msg: fpb.Operation) -> Operation:
     try:
-        fields = json.loads(msg.fields)
-    except ValueError as exc:
+        fields = orjson.loads(msg.fields)
+    except orjson.JSONDecodeError as exc:
         raise InvalidArgument(f"operation {msg.origin}:{msg.seq} has malformed fields") from exc
     if not isinstance(fields, dict) or not msg.origin or msg.seq < 1 or not msg.ticket:
         raise InvalidArgument(f"operation {msg.origin}:{msg.seq} is malformed")

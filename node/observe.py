@@ -14,7 +14,7 @@ from typing import Any
 
 from opentelemetry.trace import Link, NoOpTracer, SpanKind, Tracer, get_current_span
 
-from federation.hlc import unpack
+from federation.hlc import LOGICAL_BITS
 from federation.operations import TICKET_COMMENT, TICKET_CREATE, Operation
 from federation.replicator import PeerState, ReplicationHooks
 from node.clock import Clock
@@ -46,6 +46,7 @@ class NodeObserver:
         # ``on_changes`` runs for every write.
         self._created: dict[str, Any] = {}
         self._transitions: dict[tuple[str, str], Any] = {}
+        self._lag: dict[str, Any] = {}
 
     # ----- RPCs --------------------------------------------------------------------------
 
@@ -91,6 +92,8 @@ class NodeObserver:
         """One ``store.commit`` span per group commit: in the trace of the group's first
         traced write, linked to the others (up to ``MAX_LINKS``). A span per write cost
         as much as the write's own RPC span, for one fsync shared by all of them."""
+        if not self._spans:
+            return
         carriers = [c for c in traces if c]
         if not carriers:
             return
@@ -148,31 +151,44 @@ class NodeObserver:
         return ReplicationHooks(on_applied=self.on_applied, on_peer=self.on_peer)
 
     def on_applied(self, peer: str, ops: list[Operation]) -> None:
+        """Lag of every applied operation; counters once per origin and batch, because a
+        node catching up applies thousands of operations per batch."""
         now_ms = self._clock.now().timestamp() * 1000
         speed = self._clock.speed()
         end_ns = time.time_ns()
+        per_origin: dict[str, int] = {}
         for op in ops:
-            wall_ms, _ = unpack(op.hlc)
-            lag = max(0.0, (now_ms - wall_ms) / 1000 / speed)
-            self.metrics.replication_lag_seconds.labels(origin=op.origin).observe(lag)
-            self.metrics.replication_applied_total.labels(origin=op.origin).inc()
-            if op.trace_context and self._spans:
-                span = self.tracer.start_span(
-                    "replication.apply",
-                    context=extract_context(op.trace_context),
-                    kind=SpanKind.CONSUMER,
-                    start_time=end_ns - int(lag * 1e9),
-                    attributes={
-                        ATTR_REGION: self.region,
-                        ATTR_ORIGIN: op.origin,
-                        ATTR_TICKET: op.ticket,
-                        ATTR_OP_ID: op.op_id,
-                        ATTR_QUEUE: str(op.fields.get("queue", "")),
-                        "sundesk.peer": peer,
-                    },
+            origin = op.origin
+            lag_hist = self._lag.get(origin)
+            if lag_hist is None:
+                lag_hist = self._lag[origin] = self.metrics.replication_lag_seconds.labels(
+                    origin=origin
                 )
-                span.end(end_time=end_ns)
+            per_origin[origin] = per_origin.get(origin, 0) + 1
+            lag = max(0.0, (now_ms - (op.hlc >> LOGICAL_BITS)) / 1000 / speed)
+            lag_hist.observe(lag)
+            if op.trace_context and self._spans:
+                self._apply_span(peer, op, end_ns, lag)
+        for origin, n in per_origin.items():
+            self.metrics.replication_applied_total.labels(origin=origin).inc(n)
         self.metrics.replication_batches_total.labels(peer=peer).inc()
+
+    def _apply_span(self, peer: str, op: Operation, end_ns: int, lag: float) -> None:
+        span = self.tracer.start_span(
+            "replication.apply",
+            context=extract_context(op.trace_context),
+            kind=SpanKind.CONSUMER,
+            start_time=end_ns - int(lag * 1e9),
+            attributes={
+                ATTR_REGION: self.region,
+                ATTR_ORIGIN: op.origin,
+                ATTR_TICKET: op.ticket,
+                ATTR_OP_ID: op.op_id,
+                ATTR_QUEUE: str(op.fields.get("queue", "")),
+                "sundesk.peer": peer,
+            },
+        )
+        span.end(end_time=end_ns)
 
     def on_peer(self, peer: PeerState) -> None:
         self.metrics.replication_peer_connected.labels(peer=peer.region).set(
@@ -185,6 +201,8 @@ class NodeObserver:
 
     def on_send(self, peer: str, ops: list[Operation]) -> None:
         """A ``replication.send`` span per batch, linked to the traces it carries."""
+        if not self._spans:  # the links alone parse every operation's trace context
+            return
         links = [
             Link(get_current_span(extract_context(op.trace_context)).get_span_context())
             for op in ops[:MAX_LINKS]

@@ -163,3 +163,22 @@ def test_returned_and_observed_stamps_strictly_increase(steps: list[tuple[str, i
         # Packed, the merge is one max: next after local, next after remote, or physical.
         assert ts == max(seen + 1, remote + 1, pack(physical, 0))
         seen = ts
+
+
+def test_observe_many_follows_the_highest_accepted_and_reports_each_too_far_ahead() -> None:
+    _, hlc, skews = make(max_skew=1.0)
+    near = pack(START_MS + 500, 3)
+    far = [pack(START_MS + 5_000, 0), pack(START_MS + 9_000, 1)]
+    stamp = hlc.observe_many([pack(START_MS - 10, 0), far[0], near, far[1], pack(START_MS, 9)])
+    assert stamp == hlc.last == pack(START_MS + 500, 4)  # above every accepted stamp
+    assert [r for r, _ in skews] == far and hlc.skew_rejections == 2
+    assert hlc.now() > near
+
+
+def test_observe_many_of_nothing_accepted_leaves_the_clock() -> None:
+    _, hlc, skews = make(max_skew=1.0)
+    before = hlc.now()
+    assert hlc.observe_many([pack(START_MS + 5_000, 0)]) == before == hlc.last
+    assert len(skews) == 1
+    with pytest.raises(ValueError):
+        hlc.observe_many([-1])

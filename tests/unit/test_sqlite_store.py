@@ -394,3 +394,43 @@ def test_remote_records_apply_while_watchers_want_views(tmp_path: Path) -> None:
 
     asyncio.run(run())
     assert [c.ticket.code if c.ticket else None for c in changes] == [None, "JPN-000001"]
+
+
+def test_a_batch_touching_a_ticket_many_times_equals_one_op_at_a_time(tmp_path: Path) -> None:
+    def op(seq: int, code: str, kind: str, fields: dict[str, Any]) -> Operation:
+        return Operation("japan", seq, (10 + seq) << 16, code, kind, fields)
+
+    fields = {"created": True, "title": "r", "state": "new", "queue": "japan", "tier": "gold"}
+    ops = [
+        op(1, "JPN-000001", TICKET_CREATE, fields),
+        op(2, "JPN-000002", TICKET_CREATE, fields),
+        op(3, "JPN-000001", TICKET_COMMENT, {"comment": {"author": "k", "text": "a"}}),
+        op(4, "JPN-000001", TICKET_UPDATE, {"state": "in_progress"}),
+        op(5, "JPN-000002", TICKET_COMMENT, {"comment": {"author": "k", "text": "b"}}),
+        op(6, "JPN-000001", TICKET_COMMENT, {"comment": {"author": "k", "text": "c"}}),
+    ]
+    seen: list[tuple[str, int, str]] = []
+
+    async def apply(path: Path, batches: list[list[Operation]]) -> tuple[Any, ...]:
+        store = open_store(path)
+        store.want_views = True
+        store.add_listener(
+            lambda changes: seen.extend(
+                (c.op.op_id, c.ticket.version, c.previous_state or "") for c in changes if c.ticket
+            )
+        )
+        try:
+            for batch in batches:
+                await store.apply_remote(batch)
+            return store.digest(), store.ticket_counts(), store.version_vector()
+        finally:
+            await store.close()
+
+    batched = asyncio.run(apply(tmp_path / "a", [ops]))
+    seen_batched, seen[:] = list(seen), []
+    single = asyncio.run(apply(tmp_path / "b", [[o] for o in ops]))
+    assert batched == single
+    assert batched[1] == {("in_progress", "japan", "gold"): 1, ("new", "japan", "gold"): 1}
+    # Watchers see each operation's own result, not the batch's final state.
+    assert seen_batched == seen
+    assert [v for _, v, _ in seen_batched] == [1, 1, 2, 3, 2, 4]
