@@ -56,6 +56,10 @@ def cmd_node(args: argparse.Namespace) -> int:
     from node.server import NodeOptions, run_node
 
     config = load_config(args.config)
+    if args.telemetry_period <= 0:
+        raise SundeskError(f"--telemetry-period {args.telemetry_period} must be positive")
+    if not 1 <= args.missed_heartbeats <= 100:
+        raise SundeskError(f"--missed-heartbeats {args.missed_heartbeats} must be 1 to 100")
     options = NodeOptions(
         region=config.region(args.region).name,
         listen=args.listen,
@@ -67,6 +71,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         peer_addresses=_peers(args.peer),
         contracts_path=Path(args.contracts) if args.contracts else None,
         sla_period=args.sla_period,
+        telemetry_period=args.telemetry_period,
+        missed_heartbeats=args.missed_heartbeats,
         roster_path=Path(args.roster) if args.roster else None,
     )
     asyncio.run(run_node(config, options, _clock(args)))
@@ -106,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roster", default=None, help="engineers TOML (default: shipped)")
     p.add_argument(
         "--sla-period", type=float, default=1.0, help="seconds between the owner's SLA scans"
+    )
+    p.add_argument(
+        "--telemetry-period",
+        type=float,
+        default=2.0,
+        help="seconds between heartbeat replication flushes and the owner's silence scans",
+    )
+    p.add_argument(
+        "--missed-heartbeats",
+        type=int,
+        default=3,
+        help="heartbeat intervals a monitored machine may miss before it is declared silent",
     )
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument("--otlp-endpoint", default=None, help="HOST:PORT of an OTLP/gRPC receiver")
