@@ -10,6 +10,12 @@ handoff still open one ticket, not two.
 
 A machine never heard of is measured from the later of its registration and this
 node's start: a restarted owner gives every machine a full window before judging it.
+
+A scan must stay cheap with thousands of machines (it runs on the event loop): the
+monitored assets are re-read only when the number of asset records changes, and only
+machines silent by the clock, or known to have an open silent ticket, are looked up in
+the store. Silent tickets another owner opened are learnt from a full pass over the
+owned queues every ``REFRESH_SCANS`` scans (and on the first scan as owner).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from node.tickets import TicketView, iso, parse_iso
 from ops.metrics import Metrics
 
 log = logging.getLogger("sundesk.telemetry")
+REFRESH_SCANS = 20
 
 
 class SilenceMonitor:
@@ -71,6 +78,12 @@ class SilenceMonitor:
         self._tracer = tracer
         self._missed = missed
         self._started = now()
+        self._asset_count = -1
+        self._pairs: list[tuple[Asset, Customer]] = []
+        self._known_silent: set[str] = set()  # assets with an open silent ticket
+        self._scans = 0
+        self._baselines: dict[str, datetime] = {}
+        self._owned: frozenset[str] = frozenset()
 
     async def run(self, period: float) -> None:
         while True:
@@ -86,17 +99,20 @@ class SilenceMonitor:
         owner = self._owner()
         if owner is None:
             return []
-        mine = [st.queue for st in owner.status() if st.mine]
+        mine = frozenset(st.queue for st in owner.status() if st.mine)
         if not mine:
+            self._owned = mine
             return []
-        customers = {c.id: c for c in self._registry.customers()}
         by_queue: dict[str, list[tuple[Asset, Customer]]] = {}
-        for asset in self._registry.assets(monitored_only=True):
-            customer = customers.get(asset.customer)
-            if customer is not None and customer.home_region in mine:
+        for asset, customer in self._monitored():
+            if customer.home_region in mine:
                 by_queue.setdefault(customer.home_region, []).append((asset, customer))
         if not by_queue:
             return []
+        if mine != self._owned or self._scans % REFRESH_SCANS == 0:
+            self._refresh_known([a for pairs in by_queue.values() for a, _ in pairs])
+        self._owned = mine
+        self._scans += 1
         now = self._now()
         widest = max(
             silence_window(a, self._missed) for pairs in by_queue.values() for a, _ in pairs
@@ -114,7 +130,30 @@ class SilenceMonitor:
                     acted.append(code)
         return acted
 
+    def _monitored(self) -> list[tuple[Asset, Customer]]:
+        count = self._store.record_count(ASSET_PREFIX)
+        if count != self._asset_count:
+            customers = {c.id: c for c in self._registry.customers()}
+            self._pairs = [
+                (a, customers[a.customer])
+                for a in self._registry.assets(monitored_only=True)
+                if a.customer in customers
+            ]
+            self._asset_count = count
+        return self._pairs
+
+    def _refresh_known(self, assets: list[Asset]) -> None:
+        self._known_silent = {
+            a.id for a in assets if self._call_home.current_ticket(a.id, SILENT_CODE) is not None
+        }
+
     def _baseline(self, asset: Asset) -> datetime:
+        found = self._baselines.get(asset.id)
+        if found is None:
+            found = self._baselines[asset.id] = self._read_baseline(asset)
+        return found
+
+    def _read_baseline(self, asset: Asset) -> datetime:
         rec = self._store.get_record(ASSET_PREFIX + asset.id)
         registered = rec.values.get("registered_at", "") if rec is not None else ""
         start = self._started
@@ -123,12 +162,19 @@ class SilenceMonitor:
     async def _check(
         self, asset: Asset, customer: Customer, last: datetime | None, epoch: int, now: datetime
     ) -> str:
-        current = self._call_home.current_ticket(asset.id, SILENT_CODE)
         heard = last or self._baseline(asset)
+        silent = is_silent(asset, heard, now, self._missed)
+        if not silent and asset.id not in self._known_silent:
+            return ""  # alive and no silent ticket: the common case, no store read
+        current = self._call_home.current_ticket(asset.id, SILENT_CODE)
         if current is None:
-            if not is_silent(asset, heard, now, self._missed):
+            self._known_silent.discard(asset.id)
+            if not silent:
                 return ""
-            return await self._open(asset, customer, heard, epoch)
+            code = await self._open(asset, customer, heard, epoch)
+            self._known_silent.add(asset.id)
+            return code
+        self._known_silent.add(asset.id)
         if last is not None and not current.heartbeat_back_at and iso(last) > current.silent_since:
             return await self._back(asset, current, last, epoch)
         return ""

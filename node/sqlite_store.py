@@ -620,6 +620,13 @@ class SqliteTicketStore:
     def get_record(self, key: str) -> ReplicatedTicket | None:
         return self._load_record(self._rconn, key)
 
+    def record_count(self, prefix: str) -> int:
+        """How many records have keys starting with ``prefix`` (cheap: no bodies read)."""
+        row = self._rconn.execute(
+            "SELECT count(*) FROM records WHERE key >= ? AND key < ?", (prefix, prefix + "\uffff")
+        ).fetchone()
+        return int(row[0])
+
     def records(self, prefix: str, queue: str = "") -> list[ReplicatedTicket]:
         sql = "SELECT body FROM records WHERE key >= ? AND key < ?"
         args: list[Any] = [prefix, prefix + "\uffff"]

@@ -18,7 +18,17 @@ import grpc
 
 from node.clock import Clock, ScaledClock, SystemClock
 from node.errors import SundeskError
-from ops import certs_cli, contracts_cli, demo, local, ops_cli, sla_cli, sun_cli, ticket_cli
+from ops import (
+    certs_cli,
+    contracts_cli,
+    demo,
+    local,
+    machines_cli,
+    ops_cli,
+    sla_cli,
+    sun_cli,
+    ticket_cli,
+)
 from ops.client import default_node, rpc_error_line
 
 
@@ -149,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     sun_cli.add_parser(sub, common)
     sla_cli.add_parser(sub)
     contracts_cli.add_parser(sub, common)
+    machines_cli.add_parser(sub)
     local.add_parser(sub)
     ops_cli.add_parser(sub)
     certs_cli.add_parser(sub)
