@@ -5,7 +5,9 @@ clock, then plays Wednesday 4 March 2026 from 05:00 to 01:00 UTC: tickets arrive
 region during its business hours, queues follow the sun from owner to owner (each
 handoff printed as it happens), the on-call engineer acknowledges the night's handoff
 (or, once, forgets to and the secondary is paged), a node crashes and comes back, and
-the day ends with a summary and every region holding the same tickets.
+machines call home (``ops/demo_machines.py``: an alarm reaching two regions at once, a
+scanner that falls silent and comes back), and the day ends with a summary and every
+region holding the same tickets.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from federation.config import load_config
 from node.tickets import parse_iso
 from ops import local
 from ops.client import Client
+from ops.demo_machines import DemoMachines
 from ops.processes import wait_for
 from sundesk.v1 import desk_pb2 as pb
 from sundesk.v1 import sun_pb2 as spb
@@ -114,6 +117,8 @@ def run(base: Path, seed: int = 7) -> None:
         say(f"  {r:8} {address}   metrics :{state['nodes'][r]['metrics']}")
     say(f"\nSimulated clock: Wednesday {START[:10]} from {START[11:16]} UTC, x{SPEED:.0f}.")
     feed = HandoffFeed(nodes["velizy"])
+    machines = DemoMachines(nodes, say)
+    machines.setup()
     created: Counter[str] = Counter()
     handoffs: list[spb.Handoff] = []
     acked: set[str] = set()
@@ -135,6 +140,7 @@ def run(base: Path, seed: int = 7) -> None:
                     code = _open_ticket(address, region, rnd)
                     created[region] += 1
                     first_code = first_code or code
+            machines.tick(now)
             for h in feed.drain():
                 if h.id not in {x.id for x in handoffs}:
                     handoffs.append(h)
@@ -184,6 +190,7 @@ def run(base: Path, seed: int = 7) -> None:
             + ", ".join(f"{r['region']} {r['tickets']}" for r in rows)
             + f" tickets, digest {rows[0]['digest'][:16]}"
         )
+        machines.summary()
         if first_code:
             say(
                 f"  trace of {first_code}: `sundesk ops trace {first_code} --dir {base}` "
