@@ -4,9 +4,10 @@ A heartbeat is never a ticket operation: at 5,000 assets every 10 s that would b
 replicated operations a second on one node. Each node keeps the exact last-seen instant
 of the heartbeats *it* received in memory, and every ``flush_seconds`` writes one record
 operation holding the assets whose last-seen moved by at least ``refresh_fraction`` of
-their interval since this node last replicated them. The queue owner, wherever the
-machine reports, therefore knows of a heartbeat at most about one interval plus one
-flush late, which is well inside a silence window of several intervals.
+their interval since this node last replicated them. The saving is the batching: one
+operation per flush, not one per heartbeat. The queue owner, wherever the machine
+reports, knows of a heartbeat at most ``slack`` (one interval) plus one flush late, and
+waits that slack on top of the silence window before judging (``is_silent``).
 
 Records are keyed by hour slot and region (``HB-<slot>-<region>``): each has one writer
 (no conflicts), and a record's list of applied operations stays bounded by one hour of
@@ -75,6 +76,10 @@ class HeartbeatBook:
         if sent is None or (at - sent).total_seconds() >= interval_seconds * self._refresh:
             self._due[asset] = iso(at)
             self._sent[asset] = at
+
+    def slack(self, interval_seconds: int) -> timedelta:
+        """How much older than the true last heartbeat a replicated last-seen may be."""
+        return timedelta(seconds=interval_seconds * self._refresh)
 
     @property
     def pending(self) -> int:

@@ -1,7 +1,8 @@
 """The owner's watch over silent machines: every period, for each queue this node owns
 under a valid epoch, the monitored assets of that queue's customers whose last heartbeat
 (anywhere in the federation, ``HeartbeatBook``) is older than ``missed`` intervals get
-one "machine silent" ticket; a heartbeat seen after the silence adds a note to it.
+one "machine silent" ticket (after a further interval of slack, as last-seen is
+replicated coarsely: ``node.heartbeats``); a heartbeat seen after the silence adds a note to it.
 
 Only the owner acts (``owner_action`` refuses on a lost lease or a newer epoch), the
 epoch is written on the ticket and a write under an older one than recorded is refused,
@@ -163,7 +164,8 @@ class SilenceMonitor:
         self, asset: Asset, customer: Customer, last: datetime | None, epoch: int, now: datetime
     ) -> str:
         heard = last or self._baseline(asset)
-        silent = is_silent(asset, heard, now, self._missed)
+        slack = self._book.slack(asset.heartbeat_seconds)
+        silent = is_silent(asset, heard, now, self._missed, slack)
         if not silent and asset.id not in self._known_silent:
             return ""  # alive and no silent ticket: the common case, no store read
         current = self._call_home.current_ticket(asset.id, SILENT_CODE)

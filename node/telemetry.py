@@ -181,9 +181,19 @@ def silence_window(asset: Asset, missed: int) -> timedelta:
     return timedelta(seconds=asset.heartbeat_seconds * missed)
 
 
-def is_silent(asset: Asset, last_seen: datetime, now: datetime, missed: int) -> bool:
-    """Monitored and not heard of for ``missed`` heartbeat intervals."""
-    return asset.monitored and now - last_seen > silence_window(asset, missed)
+def is_silent(
+    asset: Asset,
+    last_seen: datetime,
+    now: datetime,
+    missed: int,
+    slack: timedelta = timedelta(),
+) -> bool:
+    """Monitored and not heard of for ``missed`` heartbeat intervals.
+
+    ``slack`` is how much older than the true last heartbeat ``last_seen`` may be (a
+    coarsely replicated value): waiting for it too means a machine is never declared
+    silent before it really missed ``missed`` intervals."""
+    return asset.monitored and now - last_seen > silence_window(asset, missed) + slack
 
 
 def silent_ticket_fields(

@@ -251,8 +251,10 @@ def test_a_silent_machine_gets_one_ticket_in_the_window_and_a_note_when_back(
     assert silent.title.startswith("machine silent")
     assert silent.origin_region == "velizy"  # the owner opened it
     opened_after = (parse_iso(ts_to_iso(silent.created_at)) - parse_iso(last)).total_seconds()
+    # Never before the window; at most one interval of slack (last-seen is replicated
+    # coarsely), one flush and a scan after it, plus an interval for a loaded machine.
     window = INTERVAL * MISSED
-    assert window <= opened_after + 1 <= window + 2 * INTERVAL, opened_after
+    assert window <= opened_after + 1 <= window + 3 * INTERVAL, opened_after
 
     beat_for(1.0)
     note = "is back"

@@ -137,6 +137,9 @@ def test_silence_is_missed_intervals_of_a_monitored_asset() -> None:
     last = T0
     assert not is_silent(ASSET, last, T0 + timedelta(seconds=180), 3)
     assert is_silent(ASSET, last, T0 + timedelta(seconds=181), 3)
+    slack = timedelta(seconds=60)  # a coarse last-seen may be one interval old
+    assert not is_silent(ASSET, last, T0 + timedelta(seconds=240), 3, slack)
+    assert is_silent(ASSET, last, T0 + timedelta(seconds=241), 3, slack)
     unmonitored = Asset("x", "c", "m", "s")
     assert not is_silent(unmonitored, last, T0 + timedelta(days=30), 3)
 
