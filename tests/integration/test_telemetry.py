@@ -55,7 +55,11 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         ],
     )  # fmt: skip
     try:
-        yield f.start()
+        for n in f.nodes.values():
+            n.start(wait=False)
+        for n in f.nodes.values():
+            n.wait_healthy(timeout=90)  # five Python processes on a shared 2-core machine
+        yield f
     finally:
         f.stop()
         etcd.close()
