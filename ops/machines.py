@@ -42,6 +42,7 @@ class FleetReport:
     tickets: set[str] = field(default_factory=set)
     opened: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0  # heartbeats not sent: ``concurrency`` calls were already waiting
     latencies: list[float] = field(default_factory=list)  # heartbeat round trips, seconds
     seconds: float = 0.0
 
@@ -110,7 +111,17 @@ async def run_fleet(
     n = len(assets)
     start = time.perf_counter()
 
+    in_flight = 0
+
     async def beat(asset: str) -> None:
+        nonlocal in_flight
+        in_flight += 1
+        try:
+            await send_beat(asset)
+        finally:
+            in_flight -= 1
+
+    async def send_beat(asset: str) -> None:
         async with sem:
             t0 = time.perf_counter()
             try:
@@ -148,7 +159,13 @@ async def run_fleet(
         due = int((now - start) / heartbeat_seconds * n) + 1 if n else 0
         while sent < due:
             asset = assets[sent % n]
-            if asset not in silent:
+            if asset in silent:
+                pass
+            elif in_flight >= concurrency:
+                # A node that cannot keep up must show as a lower ingest rate, not as a
+                # queue in this process that grows for as long as the run lasts.
+                report.dropped += 1
+            else:
                 spawn(beat(asset))
             sent += 1
         alarm_debt += (now - last) * alarm_rate

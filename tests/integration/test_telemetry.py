@@ -12,6 +12,9 @@ clock at 60x (a 60 s heartbeat interval is one real second), from Wednesday 4 Ma
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,7 +31,7 @@ from sundesk.v1 import contracts_pb2_grpc, desk_pb2_grpc, sun_pb2_grpc, telemetr
 from sundesk.v1 import desk_pb2 as pb
 from sundesk.v1 import sun_pb2 as spb
 from sundesk.v1 import telemetry_pb2 as tpb
-from tests.support.nodes import Federation, NodeProcess, wait_for
+from tests.support.nodes import ROOT, Federation, NodeProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -280,3 +283,26 @@ def test_a_silent_machine_gets_one_ticket_in_the_window_and_a_note_when_back(
 def sim_now() -> str:
     """The federation's simulated instant: every node runs the same scaled clock."""
     return iso(START + timedelta(seconds=(time.time() - ORIGIN) * SPEED))
+
+
+def test_the_simulator_registers_a_fleet_and_calls_home(fed: Federation) -> None:
+    uk = fed.node("uk")
+    run = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "machines", "simulate", "--node", uk.address,
+         "--region", "uk", "--assets", "4", "--heartbeat", "1", "--seconds", "2",
+         "--alarm-rate", "4", "--json"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["assets"] == 4 and report["errors"] == {}
+    assert report["heartbeats"] >= 4 and report["alarms"] >= 4
+    # Three alarm codes on four machines: repeats are counted, not opened again.
+    assert 1 <= len(report["alarm_tickets"]) <= 12
+    bad = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "machines", "simulate", "--node", uk.address,
+         "--region", "uk", "--assets", "0"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "error: --assets 0 must be 1 to 100000"
