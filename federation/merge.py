@@ -5,7 +5,9 @@ duplicates, hold byte-identical tickets:
 
 - scalar fields are last-writer-wins registers ordered by ``(HLC, origin, seq)``;
 - ``first_response_at`` is a min-register (the first answer stays the first);
-- comments and state changes are grow-only sets keyed by operation id;
+- comments, state changes and call-home occurrences (repeats of a machine's alarm) are
+  grow-only sets keyed by operation id, so the same alarm received by two regions at
+  once is counted twice, and an operation applied twice is counted once;
 - the version is the number of distinct operations applied to the ticket.
 """
 
@@ -23,8 +25,9 @@ from federation.operations import Operation, canonical_json
 COMMENT_KEY = "comment"
 TRANSITION_KEY = "transition"
 CREATED_KEY = "created"
+OCCURRENCE_KEY = "occurrence"
 MIN_FIELDS = frozenset({"first_response_at"})
-_SPECIAL = frozenset({COMMENT_KEY, TRANSITION_KEY, CREATED_KEY})
+_SPECIAL = frozenset({COMMENT_KEY, TRANSITION_KEY, CREATED_KEY, OCCURRENCE_KEY})
 
 
 @dataclass
@@ -37,6 +40,7 @@ class ReplicatedTicket:
     history: dict[str, dict[str, Any]] = field(default_factory=dict)
     applied: list[str] = field(default_factory=list)
     last_change: list[Any] = field(default_factory=lambda: [0, "", 0])
+    occurrences: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def version(self) -> int:
@@ -66,7 +70,7 @@ class ReplicatedTicket:
         return key
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "code": self.code,
             "created": self.created,
             "values": self.values,
@@ -76,6 +80,11 @@ class ReplicatedTicket:
             "applied": self.applied,
             "last_change": self.last_change,
         }
+        # Only tickets that machines opened carry the key: every other ticket keeps the
+        # encoding (and digest) it had before occurrences existed.
+        if self.occurrences:
+            data["occurrences"] = self.occurrences
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ReplicatedTicket:
@@ -88,6 +97,7 @@ class ReplicatedTicket:
             history=data["history"],
             applied=data["applied"],
             last_change=data["last_change"],
+            occurrences=data.get("occurrences") or {},
         )
 
     def encode(self) -> bytes:
@@ -130,6 +140,8 @@ def apply_in_place(ticket: ReplicatedTicket, op: Operation) -> bool:
         ticket.comments[oid] = {**fields[COMMENT_KEY], "id": oid, "hlc": op.hlc}
     if TRANSITION_KEY in fields:
         ticket.history[oid] = {**fields[TRANSITION_KEY], "id": oid, "hlc": op.hlc}
+    if OCCURRENCE_KEY in fields:
+        ticket.occurrences[oid] = {**fields[OCCURRENCE_KEY], "id": oid}
     return True
 
 

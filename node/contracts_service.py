@@ -211,6 +211,7 @@ def stats_to_pb(s: Stats, breaches: int) -> cpb.StatsReport:
             for c in s.pareto
         ],
         breaches=breaches,
+        machine_first=_rate(s.machine_first),
     )
     setattr(msg, "from", iso(s.start) if s.start else "")  # "from" is a Python keyword
     return msg

@@ -194,6 +194,12 @@ def ticket_to_pb(t: TicketView) -> pb.Ticket:
         _set_ts(msg.response_due, t.response_due)
     if t.resolution_due:
         _set_ts(msg.resolution_due, t.resolution_due)
+    if t.occurrences:
+        msg.occurrences = len(t.occurrences)
+        _set_ts(msg.first_seen, t.first_seen)
+        _set_ts(msg.last_seen, t.last_seen)
+    if t.customer_notified_at:
+        _set_ts(msg.customer_notified_at, t.customer_notified_at)
     for c in t.comments:
         msg.comments.add(
             id=c.id,

@@ -20,25 +20,31 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from opentelemetry.trace import Tracer
 
 from federation.config import FederationConfig, RegionConfig
 from federation.etcd_leases import EtcdOwnership, EtcdSession
 from federation.replication_service import CommitSignal, FederationService
 from federation.replicator import Replicator
 from federation.sun import SunCoordinator, SunHooks
+from node.call_home import CallHome
 from node.clock import Clock, SystemClock
 from node.contracts import load_contracts
 from node.contracts_wiring import build_contract_parts
 from node.desk_service import DeskService
 from node.errors import StorageError, SundeskError, Unavailable
 from node.grpc_errors import wrap_errors
-from node.handlers import make_server
+from node.handlers import WrappingRegistrar, make_server
 from node.handoff_log import SqliteHandoffLog
+from node.heartbeats import HeartbeatBook
 from node.limits import NodeLimits
 from node.observe import NodeObserver
 from node.roster import load_roster
+from node.silence_monitor import SilenceMonitor
 from node.sqlite_store import SqliteTicketStore
 from node.sun_service import SunService
+from node.telemetry import DEFAULT_MISSED_HEARTBEATS
+from node.telemetry_service import TelemetryService
 from node.trust import NodeTrust
 from node.watch import WatchHub
 from ops.interceptors import ObservabilityInterceptor
@@ -53,6 +59,8 @@ from sundesk.v1 import (
     federation_pb2_grpc,
     sun_pb2,
     sun_pb2_grpc,
+    telemetry_pb2,
+    telemetry_pb2_grpc,
 )
 
 log = logging.getLogger("sundesk.node")
@@ -64,6 +72,7 @@ SERVICES = (
     federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name,
     sun_pb2.DESCRIPTOR.services_by_name["Sun"].full_name,
     contracts_pb2.DESCRIPTOR.services_by_name["Contracts"].full_name,
+    telemetry_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name,
 )
 
 
@@ -85,6 +94,8 @@ class NodeOptions:
     # None serves plaintext with no tokens: only for tests that ask for it (--insecure).
     trust: NodeTrust | None = None
     limits: NodeLimits = field(default_factory=NodeLimits)
+    telemetry_period: float = 2.0  # real seconds between heartbeat flushes / silence scans
+    missed_heartbeats: int = DEFAULT_MISSED_HEARTBEATS  # intervals before "machine silent"
 
 
 def server_options(limits: NodeLimits | None = None) -> list[tuple[str, int]]:
@@ -216,6 +227,7 @@ class Node:
         self.store.add_listener(self.sun.on_changes)
         sun_pb2_grpc.add_SunServicer_to_server(self.sun, registrar)
         contracts_pb2_grpc.add_ContractsServicer_to_server(parts.service, registrar)
+        self._wire_telemetry(registrar, tracer)
         on_send = obs.on_send if self.options.observability else None
         federation_pb2_grpc.add_FederationServicer_to_server(
             FederationService(self.store, self.signal, self.status, on_batch=on_send), registrar
@@ -259,9 +271,48 @@ class Node:
         self._start_metrics_endpoint()
         self._gauges = asyncio.create_task(self._refresh_gauges())
         self._sla = asyncio.create_task(self.sla_monitor.run(self.options.sla_period))
+        self._silence = asyncio.create_task(self.silence_monitor.run(self.options.telemetry_period))
         if self.options.ownership:
             self._ownership = asyncio.create_task(self._join_ownership())
         log.info("region %s serving on %s", self.region.name, self.listen)
+
+    def _wire_telemetry(self, server: WrappingRegistrar, tracer: Tracer) -> None:
+        """Machines calling home: the Telemetry service and the owner's silence watch."""
+        assert self.store is not None
+        obs = self.observer
+        self.heartbeats = HeartbeatBook(self.store, self.region.name, self.config.region_names())
+        call_home = CallHome(
+            self.store,
+            self.registry,
+            self.contracts,
+            self.metrics,
+            dues=self.dues,
+            carrier=obs.trace_carrier,
+        )
+        telemetry_pb2_grpc.add_TelemetryServicer_to_server(
+            TelemetryService(
+                self.region.name,
+                call_home,
+                self.heartbeats,
+                self.metrics,
+                self.clock.now,
+                tag_ticket=obs.tag_ticket,
+            ),
+            server,
+        )
+        self.silence_monitor = SilenceMonitor(
+            self.region.name,
+            self.store,
+            self.registry,
+            self.heartbeats,
+            call_home,
+            self.contracts,
+            lambda: self.coordinator,
+            self.clock.now,
+            self.metrics,
+            tracer,
+            self.options.missed_heartbeats,
+        )
 
     async def _join_ownership(self) -> None:
         """Open an etcd session and start the coordinator, retrying until etcd answers.
@@ -364,6 +415,7 @@ class Node:
                 await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             self._gauges.cancel()
             self._sla.cancel()
+            self._silence.cancel()
             await self._leave_ownership()
             await self.replicator.stop()
             await self.server.stop(grace)

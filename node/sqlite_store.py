@@ -102,6 +102,7 @@ class _Job:
     request_id: str = ""
     remote: Sequence[Operation] = ()
     record: RecordBuild | None = None
+    may_create: bool = False
 
 
 # Tickets by (state, queue, tier), the gauge global ops watch.
@@ -299,9 +300,17 @@ class SqliteTicketStore:
         build: Build,
         trace_context: Mapping[str, str] | None = None,
         request_id: str = "",
+        may_create: bool = False,
     ) -> tuple[TicketView, Operation | None]:
+        """``may_create`` with a ``code``: the code is the caller's (derived, not allocated)
+        and ``build`` sees None when no ticket has it yet, so two regions creating the same
+        code at once write one ticket that merges (call-home alarms)."""
         result: tuple[TicketView, Operation | None] = await self._enqueue(
-            code=code, build=build, trace=dict(trace_context or {}), request_id=request_id
+            code=code,
+            build=build,
+            trace=dict(trace_context or {}),
+            request_id=request_id,
+            may_create=may_create,
         )
         return result
 
@@ -534,14 +543,17 @@ class SqliteTicketStore:
         else:
             code = job.code
             replicated = self._load(conn, code)
-            if replicated is None or not replicated.created:
+            if replicated is not None and replicated.created:
+                current = TicketView.from_replicated(replicated)
+            elif job.may_create:
+                current = None
+            else:
                 raise NotFound(f"no ticket {code}; check the code (e.g. VEL-000123)")
-            current = TicketView.from_replicated(replicated)
         kind, fields = job.build(current, now)
-        if job.code is None and kind != TICKET_CREATE:
+        if current is None and kind != TICKET_CREATE:
             raise InvalidArgument("a new ticket must be created by a create operation")
         try:
-            return self._write_local(job, code, kind, fields, new=current is None)
+            return self._write_local(job, code, kind, fields, new=job.code is None)
         except Exception as exc:
             raise _WriteFailed(str(exc)) from exc
 
@@ -730,6 +742,13 @@ class SqliteTicketStore:
 
     def get_record(self, key: str) -> ReplicatedTicket | None:
         return self._load_record(self._rconn, key)
+
+    def record_count(self, prefix: str) -> int:
+        """How many records have keys starting with ``prefix`` (cheap: no bodies read)."""
+        row = self._rconn.execute(
+            "SELECT count(*) FROM records WHERE key >= ? AND key < ?", (prefix, prefix + "\uffff")
+        ).fetchone()
+        return int(row[0])
 
     def records(self, prefix: str, queue: str = "") -> list[ReplicatedTicket]:
         sql = "SELECT body FROM records WHERE key >= ? AND key < ?"

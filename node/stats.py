@@ -19,7 +19,7 @@ from typing import Any
 
 from node.errors import InvalidArgument
 from node.sla import SlaDue
-from node.tickets import Role, State, TicketView, iso, parse_iso
+from node.tickets import Kind, Role, State, TicketView, iso, parse_iso
 
 __all__ = [
     "CauseShare",
@@ -29,6 +29,7 @@ __all__ = [
     "compute_stats",
     "first_resolution_at",
     "is_first_contact_resolution",
+    "machine_first_share",
     "pareto_causes",
     "stored_due",
 ]
@@ -91,6 +92,8 @@ class Stats:
     satisfaction_count: int
     causes_total: int
     pareto: tuple[CauseShare, ...]
+    # Incidents a machine opened before any customer contact, over all incidents.
+    machine_first: Ratio = Ratio(0, 0)
 
     def to_json(self) -> dict[str, Any]:
         def seconds(value: timedelta | None) -> float | None:
@@ -116,6 +119,7 @@ class Stats:
                 else None,
                 "count": self.satisfaction_count,
             },
+            "machine_first": self.machine_first.to_json(),
             "causes_total": self.causes_total,
             "pareto": [
                 {
@@ -204,6 +208,30 @@ def _mean(values: list[timedelta]) -> timedelta | None:
     return sum(values, timedelta()) / len(values) if values else None
 
 
+CALLED_FIRST = timedelta(hours=24)
+
+
+def machine_first_share(tickets: Iterable[TicketView]) -> Ratio:
+    """Share of incidents that a machine opened before any customer contact.
+
+    A machine's ticket (``source`` machine) counts unless a person had already opened an
+    incident for the same asset within ``CALLED_FIRST`` before it: then the customer
+    called first and the machine only confirmed it."""
+    incidents = [t for t in tickets if t.kind is Kind.INCIDENT]
+    by_person: dict[str, list[datetime]] = {}
+    for t in incidents:
+        if t.source != "machine" and t.asset and t.created_at:
+            by_person.setdefault(t.asset, []).append(parse_iso(t.created_at))
+    first = 0
+    for t in incidents:
+        if t.source != "machine" or not t.created_at:
+            continue
+        opened = parse_iso(t.created_at)
+        called = any(opened - CALLED_FIRST <= at <= opened for at in by_person.get(t.asset, ()))
+        first += not called
+    return Ratio(first, len(incidents))
+
+
 def compute_stats(
     tickets: Iterable[TicketView],
     *,
@@ -277,4 +305,5 @@ def compute_stats(
         satisfaction_count=len(ratings),
         causes_total=causes_total,
         pareto=pareto,
+        machine_first=machine_first_share(cohort),
     )

@@ -84,6 +84,17 @@ class CommentView:
 
 
 @dataclass(frozen=True)
+class OccurrenceView:
+    """One report of a machine's alarm (call home), as the region that took it saw it."""
+
+    id: str
+    at: str
+    region: str
+    severity: str
+    message: str
+
+
+@dataclass(frozen=True)
 class StateChangeView:
     from_state: State
     to_state: State
@@ -130,6 +141,21 @@ class TicketView:
     # What the queue's owner recorded per SLA target: "at_risk" or "breached".
     sla_recorded: dict[str, str] = field(default_factory=dict)
     sla_epoch: int = 0  # the owner epoch that last recorded an SLA event on it
+    occurrences: tuple[OccurrenceView, ...] = ()  # call-home repeats, oldest first
+    customer_notified_at: str = ""  # proactive contracts: when the customer was told
+    # A "machine silent" ticket: last heartbeat before the silence, when one came back
+    # ("" while still silent), and the owner epoch that last acted on it (fencing).
+    silent_since: str = ""
+    heartbeat_back_at: str = ""
+    silence_epoch: int = 0
+
+    @property
+    def first_seen(self) -> str:
+        return self.occurrences[0].at if self.occurrences else ""
+
+    @property
+    def last_seen(self) -> str:
+        return self.occurrences[-1].at if self.occurrences else ""
 
     @property
     def is_open(self) -> bool:
@@ -193,6 +219,11 @@ class TicketView:
                 if get(f"sla_{target}")
             },
             sla_epoch=int(get("sla_epoch", 0)),
+            occurrences=_occurrences(t.occurrences) if t.occurrences else (),
+            customer_notified_at=get("customer_notified_at", ""),
+            silent_since=get("silent_since", ""),
+            heartbeat_back_at=get("heartbeat_back_at", ""),
+            silence_epoch=int(get("silence_epoch", 0)),
         )
         return view
 
@@ -227,6 +258,10 @@ class TicketView:
             "sla_recorded": self.sla_recorded,
             "reopen_count": self.reopen_count,
             "source": self.source,
+            "occurrences": len(self.occurrences),
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "customer_notified_at": self.customer_notified_at,
             "digest": self.digest,
             "labels": self.labels,
             "comments": [
@@ -286,3 +321,17 @@ def _change(h: dict[str, Any]) -> StateChangeView:
         region=h.get("region", ""),
         note=h.get("note", ""),
     )
+
+
+def _occurrences(found: dict[str, dict[str, Any]]) -> tuple[OccurrenceView, ...]:
+    views = (
+        OccurrenceView(
+            id=o["id"],
+            at=o.get("at", ""),
+            region=o.get("region", ""),
+            severity=o.get("severity", ""),
+            message=o.get("message", ""),
+        )
+        for o in found.values()
+    )
+    return tuple(sorted(views, key=lambda o: (o.at, o.id)))

@@ -25,6 +25,7 @@ from ops import (
     credentials,
     demo,
     local,
+    machines_cli,
     ops_cli,
     sla_cli,
     sun_cli,
@@ -96,6 +97,10 @@ def cmd_node(args: argparse.Namespace) -> int:
     from node.server import NodeOptions, run_node
 
     config = load_config(args.config)
+    if args.telemetry_period <= 0:
+        raise SundeskError(f"--telemetry-period {args.telemetry_period} must be positive")
+    if not 1 <= args.missed_heartbeats <= 100:
+        raise SundeskError(f"--missed-heartbeats {args.missed_heartbeats} must be 1 to 100")
     options = NodeOptions(
         region=config.region(args.region).name,
         listen=args.listen,
@@ -107,6 +112,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         peer_addresses=_peers(args.peer),
         contracts_path=Path(args.contracts) if args.contracts else None,
         sla_period=args.sla_period,
+        telemetry_period=args.telemetry_period,
+        missed_heartbeats=args.missed_heartbeats,
         roster_path=Path(args.roster) if args.roster else None,
         trust=_trust(args, config.region(args.region).name),
         limits=_limits(args),
@@ -150,6 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sla-period", type=float, default=1.0, help="seconds between the owner's SLA scans"
     )
+    p.add_argument(
+        "--telemetry-period",
+        type=float,
+        default=2.0,
+        help="seconds between heartbeat replication flushes and the owner's silence scans",
+    )
+    p.add_argument(
+        "--missed-heartbeats",
+        type=int,
+        default=3,
+        help="heartbeat intervals a monitored machine may miss before it is declared silent",
+    )
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument("--otlp-endpoint", default=None, help="HOST:PORT of an OTLP/gRPC receiver")
     p.add_argument("--etcd", default="", help="etcd endpoints HOST:PORT[,...] (default: config)")
@@ -186,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     sun_cli.add_parser(sub, common)
     sla_cli.add_parser(sub)
     contracts_cli.add_parser(sub, common)
+    machines_cli.add_parser(sub)
     local.add_parser(sub)
     ops_cli.add_parser(sub)
     certs_cli.add_parser(sub)

@@ -142,6 +142,7 @@ def stats_json(s: cpb.StatsReport) -> dict[str, Any]:
             "count": s.satisfaction_count,
         },
         "sla_breaches": s.breaches,
+        "machine_first": _rate(s.machine_first),
         "causes_total": s.causes_total,
         "pareto": [
             {
@@ -189,6 +190,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             ["SLA breaches recorded", d["sla_breaches"]],
             ["first-contact resolution", _pct(d["first_contact_resolution"])],
             ["definitive resolution", _pct(d["definitive_resolution"])],
+            ["incidents machines opened first", _pct(d["machine_first"])],
             [
                 "satisfaction",
                 f"{sat['mean']:.2f} / 5 ({sat['count']} rated)" if sat["count"] else "-",

@@ -5,11 +5,13 @@ clock, then plays Wednesday 4 March 2026 from 05:00 to 01:00 UTC: tickets arrive
 region during its business hours, queues follow the sun from owner to owner (each
 handoff printed as it happens), the on-call engineer acknowledges the night's handoff
 (or, once, forgets to and the secondary is paged), a node crashes and comes back, and
-the day ends with a summary and every region holding the same tickets.
+the day ends with a summary and every region holding the same tickets; machines call
+home (``ops/demo_machines.py``: an alarm reaching two regions at once, a scanner that
+falls silent and comes back).
 
-It runs secure, as ``local up`` does: each person calls with a token of their own role
-(agents create tickets, the on-call engineer acknowledges), minted from the local
-federation's secret, over mTLS.
+It runs secure, as ``local up`` does: each person and machine calls with a token of its
+own role (agents create tickets, the on-call engineer acknowledges, machines report for
+their own asset), minted from the local federation's secret, over mTLS.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from node.tickets import parse_iso
 from ops import local
 from ops.client import Client
 from ops.credentials import ClientCredentials, from_certs_dir, mint_token
+from ops.demo_machines import DemoMachines
 from ops.processes import wait_for
 from sundesk.v1 import desk_pb2 as pb
 from sundesk.v1 import sun_pb2 as spb
@@ -122,6 +125,8 @@ def run(base: Path, seed: int = 7) -> None:
 
     callers = Callers(certs)
     feed = HandoffFeed(nodes["velizy"], callers.credentials("ops", "demo-ops"))
+    machines = DemoMachines(nodes, say, callers.client)
+    machines.setup()
     created: Counter[str] = Counter()
     handoffs: list[spb.Handoff] = []
     acked: set[str] = set()
@@ -145,6 +150,7 @@ def run(base: Path, seed: int = 7) -> None:
                     )
                     created[region] += 1
                     first_code = first_code or code
+            machines.tick(now)
             for h in feed.drain():
                 if h.id not in {x.id for x in handoffs}:
                     handoffs.append(h)
@@ -194,6 +200,7 @@ def run(base: Path, seed: int = 7) -> None:
             + ", ".join(f"{r['region']} {r['tickets']}" for r in rows)
             + f" tickets, digest {rows[0]['digest'][:16]}"
         )
+        machines.summary()
         if first_code:
             say(
                 f"  trace of {first_code}: `sundesk ops trace {first_code} --dir {base}` "
@@ -217,7 +224,8 @@ class Callers:
     def credentials(self, role: str, subject: str) -> ClientCredentials | None:
         if self._certs is None:
             return None
-        return from_certs_dir(self._certs, mint_token(self._certs, role, subject))
+        asset = subject if role == "machine" else None  # a machine speaks for one asset
+        return from_certs_dir(self._certs, mint_token(self._certs, role, subject, asset))
 
     def client(self, address: str, role: str, subject: str) -> Client:
         key = (address, role, subject)

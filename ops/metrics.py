@@ -273,6 +273,28 @@ class Metrics:
             ["severity"],
             registry=r,
         )
+        self.telemetry_rejected_total = Counter(
+            "sundesk_telemetry_rejected_total",
+            "Machine reports refused (reason: unknown_asset or malformed).",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.machine_tickets_total = Counter(
+            "sundesk_machine_tickets_total",
+            "Tickets machines opened through this node (reason: alarm or silent).",
+            ["reason", "tier"],
+            registry=r,
+        )
+        self.heartbeats_replicated_total = Counter(
+            "sundesk_heartbeats_replicated_total",
+            "Last-seen entries this node replicated (coarse: far fewer than heartbeats).",
+            registry=r,
+        )
+        self.machines_back_total = Counter(
+            "sundesk_machines_back_total",
+            "Silent machines whose heartbeat came back, noted by the queue owner.",
+            registry=r,
+        )
 
         for state in LEASE_STATES:
             self.lease_state.labels(state=state).set(0)

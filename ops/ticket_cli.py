@@ -65,6 +65,13 @@ def ticket_json(t: pb.Ticket) -> dict[str, Any]:
         "sla": MessageToDict(t.sla, preserving_proto_field_name=True)
         if t.HasField("sla")
         else None,
+        "source": t.source,
+        "occurrences": t.occurrences,
+        "first_seen": ts_to_iso(t.first_seen) if t.HasField("first_seen") else "",
+        "last_seen": ts_to_iso(t.last_seen) if t.HasField("last_seen") else "",
+        "customer_notified_at": ts_to_iso(t.customer_notified_at)
+        if t.HasField("customer_notified_at")
+        else "",
         "digest": t.digest,
         "comments": [
             {
@@ -115,6 +122,13 @@ def _show(t: pb.Ticket) -> str:
     ]
     if d["cause"]:
         lines.append(f"  cause {d['cause']}")
+    if d["occurrences"]:
+        lines.append(
+            f"  alarm occurrences {d['occurrences']}  first seen {d['first_seen']}"
+            f"  last seen {d['last_seen']}"
+        )
+    if d["customer_notified_at"]:
+        lines.append(f"  customer notified {d['customer_notified_at']} (proactive monitoring)")
     if t.HasField("sla"):
         paused = "  (paused: pending the customer)" if t.sla.paused else ""
         for target, due, state, left, recorded in (
