@@ -31,9 +31,17 @@ from ops.certs import CertPaths, init_certs, load_signing_key
 from ops.client import Client
 from ops.credentials import from_certs_dir, from_files, mint_token
 from ops.processes import ROOT, wait_for
+from sundesk.v1 import contracts_pb2 as cpb
+from sundesk.v1 import (
+    contracts_pb2_grpc,
+    federation_pb2_grpc,
+    sun_pb2,
+    sun_pb2_grpc,
+    telemetry_pb2_grpc,
+)
 from sundesk.v1 import desk_pb2 as pb
 from sundesk.v1 import federation_pb2 as fpb
-from sundesk.v1 import federation_pb2_grpc, sun_pb2, sun_pb2_grpc
+from sundesk.v1 import telemetry_pb2 as tpb
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -253,6 +261,47 @@ def test_each_role_gets_what_it_may_and_nothing_else(fed: dict[str, Any]) -> Non
             code_of(lambda: agent.federation.Status(fpb.NodeStatusRequest(), timeout=TIMEOUT))
             == grpc.StatusCode.PERMISSION_DENIED
         )
+
+
+def test_a_machine_reports_for_its_own_asset_only(fed: dict[str, Any]) -> None:
+    with as_role(fed, "agent", "alice") as agent:
+        contracts = contracts_pb2_grpc.ContractsStub(agent.channel)
+        contracts.RegisterCustomer(
+            cpb.RegisterCustomerRequest(
+                customer=cpb.Customer(
+                    id="initech", name="Initech", home_region="velizy", tier=pb.CONTRACT_TIER_GOLD
+                )
+            ),
+            timeout=TIMEOUT,
+        )
+        for asset in ("initech-mri-1", "initech-mri-2"):
+            contracts.RegisterAsset(
+                cpb.RegisterAssetRequest(
+                    asset=cpb.Asset(
+                        id=asset,
+                        customer="initech",
+                        model="MRI",
+                        serial=asset,
+                        monitored=True,
+                        heartbeat_seconds=60,
+                    )
+                ),
+                timeout=TIMEOUT,
+            )
+        # People do not send telemetry, not even agents.
+        agent_beat = telemetry_pb2_grpc.TelemetryStub(agent.channel).Heartbeat
+        assert (
+            code_of(
+                lambda: agent_beat(tpb.HeartbeatRequest(asset="initech-mri-1"), timeout=TIMEOUT)
+            )
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
+    with as_role(fed, "machine", asset="initech-mri-1") as machine:
+        beat = telemetry_pb2_grpc.TelemetryStub(machine.channel).Heartbeat
+        beat(tpb.HeartbeatRequest(asset="initech-mri-1"), timeout=TIMEOUT)
+        err = error_of(lambda: beat(tpb.HeartbeatRequest(asset="initech-mri-2"), timeout=TIMEOUT))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "initech-mri-2" in err.details() or "own asset" in err.details()
 
 
 def test_without_a_token_a_client_is_unauthenticated(fed: dict[str, Any]) -> None:
