@@ -40,6 +40,7 @@ from node.tickets import OPEN_STATES, TicketView
 from ops.metrics import Metrics
 
 log = logging.getLogger("sundesk.sla")
+SCAN_SLICE = 200  # tickets between two yields to the event loop
 
 
 class QueueStatusLike(Protocol):
@@ -121,7 +122,9 @@ class SlaMonitor:
         now = self._now()
         recorded: list[SlaEvent] = []
         at_risk = {"response": 0, "resolution": 0}
-        for view in self._open(queue):
+        for n, view in enumerate(self._open(queue), 1):
+            if n % SCAN_SLICE == 0:
+                await asyncio.sleep(0)  # a long queue must not hold the loop (RPCs wait)
             if self._on_owned is not None:
                 view = await self._on_owned(view, epoch) or view
             status = self._dues.status(view, now)
@@ -137,7 +140,10 @@ class SlaMonitor:
         return recorded
 
     def _open(self, queue: str) -> Iterable[TicketView]:
-        return every_ticket(self._store, TicketFilter(states=tuple(OPEN_STATES), queue=queue))
+        # Only tickets under a contract have SLA clocks or an owner to auto-assign them: an
+        # index column, so walk-in tickets cost the scan nothing.
+        flt = TicketFilter(states=tuple(OPEN_STATES), queue=queue, tiered=True)
+        return every_ticket(self._store, flt)
 
     async def _record(self, event: SlaEvent, view: TicketView, epoch: int) -> bool:
         attributes: dict[str, str | int] = {

@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS tickets (
     kind TEXT NOT NULL,
     created_at TEXT NOT NULL,
     digest TEXT NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    tier TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tickets_order ON tickets (created_at, code);
 CREATE INDEX IF NOT EXISTS tickets_queue ON tickets (queue, state);
@@ -86,7 +87,7 @@ RecordBuild = Callable[[ReplicatedTicket | None, datetime], tuple[str, dict[str,
 MAX_GROUP = 512
 _STOP = object()
 _INSERT_OP = "INSERT INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_UPSERT_TICKET = "INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPSERT_TICKET = "INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 class _WriteFailed(Exception):
@@ -231,6 +232,7 @@ class SqliteTicketStore:
         self._wconn = open_database(self.path)
         try:
             self._wconn.executescript(SCHEMA)
+            self._add_tier_column()
             self._check_region()
             self._rconn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.DatabaseError as exc:
@@ -260,6 +262,20 @@ class SqliteTicketStore:
         self._committer = _Committer(self._wconn, f"store-commit-{region}")
 
     # ----- setup -------------------------------------------------------------------------
+
+    def _add_tier_column(self) -> None:
+        """Databases made before tickets had a ``tier`` column get it, filled from bodies."""
+        columns = {row[1] for row in self._wconn.execute("PRAGMA table_info(tickets)")}
+        if "tier" in columns:
+            return
+        conn = self._wconn
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ALTER TABLE tickets ADD COLUMN tier TEXT NOT NULL DEFAULT ''")
+        for code, body in conn.execute("SELECT code, body FROM tickets").fetchall():
+            tier = ReplicatedTicket.from_json(orjson.loads(body)).values.get("tier") or ""
+            if tier:
+                conn.execute("UPDATE tickets SET tier=? WHERE code=?", (tier, code))
+        conn.execute("COMMIT")
 
     def _check_region(self) -> None:
         row = self._wconn.execute("SELECT value FROM meta WHERE key='region'").fetchone()
@@ -630,7 +646,7 @@ class SqliteTicketStore:
             self.hlc.observe_many(op.hlc for op in applied)
             conn.executemany("INSERT INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?)", op_rows)
             conn.executemany(
-                "INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _UPSERT_TICKET,
                 [self._ticket_row(ticket, counted) for ticket, counted in touched.values()],
             )
         except Exception as exc:
@@ -667,6 +683,7 @@ class SqliteTicketStore:
             values.get("created_at", ""),
             hashlib.sha256(body).hexdigest(),
             body,
+            values.get("tier") or "",
         )
 
     def _apply(
@@ -694,6 +711,7 @@ class SqliteTicketStore:
             values.get("created_at", ""),
             digest,
             body,
+            values.get("tier") or "",
         )
         if self._deferred.on:
             self._deferred.tickets.append(row)
@@ -793,6 +811,8 @@ class SqliteTicketStore:
         if flt.kind is not None:
             where.append("kind=?")
             args.append(flt.kind.value)
+        if flt.tiered:
+            where.append("tier != ''")
         total = self._rconn.execute(
             f"SELECT count(*) FROM tickets WHERE {' AND '.join(where)}", args
         ).fetchone()[0]

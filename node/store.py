@@ -26,6 +26,7 @@ class TicketFilter:
     queue: str = ""
     customer: str = ""
     kind: Kind | None = None
+    tiered: bool = False  # only tickets under a contract tier (the ones with SLA clocks)
 
 
 @dataclass(frozen=True)

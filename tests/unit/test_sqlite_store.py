@@ -17,7 +17,7 @@ from node.errors import InvalidArgument, NotFound, StorageError
 from node.rules import NewTicket, TicketChange
 from node.sqlite_store import SqliteTicketStore
 from node.store import TicketFilter
-from node.tickets import Role, State, TicketView
+from node.tickets import Role, State, TicketView, Tier
 
 
 def create(title: str = "t") -> Any:
@@ -434,3 +434,41 @@ def test_a_batch_touching_a_ticket_many_times_equals_one_op_at_a_time(tmp_path: 
     # Watchers see each operation's own result, not the batch's final state.
     assert seen_batched == seen
     assert [v for _, v, _ in seen_batched] == [1, 1, 2, 3, 2, 4]
+
+
+def test_tiered_filter_finds_contract_tickets_also_in_a_database_made_before_the_column(
+    tmp_path: Path,
+) -> None:
+    def create_tiered(tier: Tier) -> Any:
+        def build(_: TicketView | None, now: datetime) -> tuple[str, dict[str, Any]]:
+            return TICKET_CREATE, rules.create_fields(
+                NewTicket(title="t", tier=tier), "velizy", now
+            )
+
+        return build
+
+    async def write() -> tuple[str, str]:
+        store = open_store(tmp_path)
+        try:
+            walk_in, _ = await store.write(None, create("walk-in"))
+            gold, _ = await store.write(None, create_tiered(Tier.GOLD))
+            page = store.list_tickets(TicketFilter(tiered=True), 10, "")
+            assert [t.code for t in page.tickets] == [gold.code] and page.total == 1
+            return walk_in.code, gold.code
+        finally:
+            await store.close()
+
+    async def reopen() -> list[str]:
+        store = open_store(tmp_path)
+        try:
+            return [t.code for t in store.list_tickets(TicketFilter(tiered=True), 10, "").tickets]
+        finally:
+            await store.close()
+
+    _, gold = asyncio.run(write())
+    # As an older node left it: no tier column. Reopening adds it and fills it from bodies.
+    conn = sqlite3.connect(tmp_path / "sundesk.db")
+    conn.execute("ALTER TABLE tickets DROP COLUMN tier")
+    conn.commit()
+    conn.close()
+    assert asyncio.run(reopen()) == [gold]
