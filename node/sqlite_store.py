@@ -673,18 +673,7 @@ class SqliteTicketStore:
         values = ticket.values
         self._job_counts.append((counted, _count_key(values) if ticket.created else None))
         body = ticket.encode()
-        return (
-            ticket.code,
-            int(ticket.created),
-            values.get("state", ""),
-            values.get("queue", ""),
-            values.get("customer", ""),
-            values.get("kind", ""),
-            values.get("created_at", ""),
-            hashlib.sha256(body).hexdigest(),
-            body,
-            values.get("tier") or "",
-        )
+        return _ticket_row(ticket, body, hashlib.sha256(body).hexdigest())
 
     def _apply(
         self, conn: sqlite3.Connection, op: Operation, new: bool = False
@@ -701,18 +690,7 @@ class SqliteTicketStore:
         self._job_counts.append((counted, _count_key(values) if ticket.created else None))
         body = ticket.encode()
         digest = hashlib.sha256(body).hexdigest()
-        row = (
-            ticket.code,
-            int(ticket.created),
-            values.get("state", ""),
-            values.get("queue", ""),
-            values.get("customer", ""),
-            values.get("kind", ""),
-            values.get("created_at", ""),
-            digest,
-            body,
-            values.get("tier") or "",
-        )
+        row = _ticket_row(ticket, body, digest)
         if self._deferred.on:
             self._deferred.tickets.append(row)
         else:
@@ -738,16 +716,7 @@ class SqliteTicketStore:
         return record, None, digest
 
     def _insert_op(self, conn: sqlite3.Connection, op: Operation) -> None:
-        row = (
-            op.origin,
-            op.seq,
-            op.hlc,
-            op.ticket,
-            op.kind,
-            op.fields_json(),
-            orjson.dumps(dict(op.trace_context)),
-            op.signature,
-        )
+        row = _op_row(op)
         if self._deferred.on:
             self._deferred.ops.append(row)
         else:
@@ -877,6 +846,23 @@ class SqliteTicketStore:
 
 def _count_key(values: Mapping[str, Any]) -> CountKey:
     return (values.get("state", ""), values.get("queue", ""), values.get("tier") or "none")
+
+
+def _ticket_row(ticket: ReplicatedTicket, body: bytes, digest: str) -> tuple[Any, ...]:
+    """The ``tickets`` row, in column order: the indexed fields, then body and tier."""
+    values = ticket.values
+    return (
+        ticket.code,
+        int(ticket.created),
+        values.get("state", ""),
+        values.get("queue", ""),
+        values.get("customer", ""),
+        values.get("kind", ""),
+        values.get("created_at", ""),
+        digest,
+        body,
+        values.get("tier") or "",
+    )
 
 
 def _op_row(op: Operation) -> tuple[Any, ...]:
