@@ -11,16 +11,20 @@ waits that slack on top of the silence window before judging (``is_silent``).
 
 Records are keyed by hour slot and region (``HB-<slot>-<region>``): each has one writer
 (no conflicts), and a record's list of applied operations stays bounded by one hour of
-flushes. A reader looks at the slots that cover the silence window it cares about.
+flushes. A book reads the slots that cover the silence window once, then keeps the latest
+last-seen per asset in memory from each heartbeat operation the store commits (local or
+replicated): the owner's scan every few seconds must not re-read and re-parse records of
+thousands of assets (40 ms at 5,000, on the loop that serves calls).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from federation.merge import ReplicatedTicket
+from node.store import Change
 from node.tickets import iso, parse_iso
 
 RECORD_PREFIX = "HB-"
@@ -36,6 +40,8 @@ class RecordStore(Protocol):
     def get_record(self, key: str) -> ReplicatedTicket | None: ...
 
     async def write_record(self, key: str, build: RecordBuild) -> ReplicatedTicket | None: ...
+
+    def add_listener(self, listener: Callable[[list[Change]], None]) -> None: ...
 
 
 def slot_of(instant: datetime) -> int:
@@ -62,6 +68,28 @@ class HeartbeatBook:
         self._sent: dict[str, datetime] = {}  # what this node last replicated, per asset
         self._sent_slot = -1
         self._due: dict[str, str] = {}  # asset -> last-seen text waiting for the next flush
+        # Latest replicated last-seen per asset, from every region, as ISO text (in UTC it
+        # sorts as instants: compare without parsing) and parsed; None until the first
+        # reader loads the recent slots.
+        self._heard: dict[str, str] | None = None
+        self._heard_at: dict[str, datetime] = {}
+        store.add_listener(self._observe)
+
+    def _observe(self, changes: Sequence[Change]) -> None:
+        if self._heard is None:
+            return  # nobody has read yet: the first reader loads the records themselves
+        for change in changes:
+            op = change.op
+            if op.kind == HEARTBEAT_RECORD and op.ticket.startswith(RECORD_PREFIX):
+                self._merge(op.fields)
+
+    def _merge(self, values: Mapping[str, Any]) -> None:
+        heard = self._heard
+        assert heard is not None
+        for asset, text in values.items():
+            if asset != "queue" and isinstance(text, str) and text > heard.get(asset, ""):
+                heard[asset] = text
+                self._heard_at[asset] = parse_iso(text)
 
     def record(self, asset: str, interval_seconds: int, at: datetime) -> None:
         """A heartbeat received here (cheap: memory only)."""
@@ -90,7 +118,7 @@ class HeartbeatBook:
         if not self._due:
             return 0
         due, self._due = self._due, {}
-        slot = slot_of(max(map(parse_iso, due.values())))
+        slot = slot_of(parse_iso(max(due.values())))  # UTC ISO texts sort as instants
 
         def build(current: ReplicatedTicket | None, now: datetime) -> Any:
             return HEARTBEAT_RECORD, {"queue": self._region, **due}
@@ -107,18 +135,19 @@ class HeartbeatBook:
         return self._local.get(asset)
 
     def last_seen_all(self, now: datetime, window: timedelta) -> dict[str, datetime]:
-        """The latest heartbeat per asset heard of anywhere within ``window`` before now."""
-        # ISO texts in UTC sort as instants: compare them and parse only the winners.
-        seen: dict[str, str] = {asset: iso(at) for asset, at in self._local.items()}
-        first, last = slot_of(now - window - SLOT), slot_of(now)
-        for slot in range(first, last + 1):
-            for region in self._regions:
-                rec = self._store.get_record(record_key(slot, region))
-                if rec is None:
-                    continue
-                for asset, text in rec.values.items():
-                    if asset == "queue":
-                        continue
-                    if text > seen.get(asset, ""):
-                        seen[asset] = text
-        return {asset: parse_iso(text) for asset, text in seen.items()}
+        """The latest heartbeat per asset heard of anywhere: here exactly, elsewhere as
+        replicated. The first call reads the records of the slots covering ``window``
+        before now; later calls cost no store read."""
+        if self._heard is None:
+            self._heard = {}
+            first, last = slot_of(now - window - SLOT), slot_of(now)
+            for slot in range(first, last + 1):
+                for region in self._regions:
+                    rec = self._store.get_record(record_key(slot, region))
+                    if rec is not None:
+                        self._merge(rec.values)
+        seen = dict(self._heard_at)
+        for asset, at in self._local.items():
+            if asset not in seen or at > seen[asset]:
+                seen[asset] = at
+        return seen

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,9 +34,11 @@ from node.call_home import CallHome, is_proactive
 from node.contracts import Asset, Contracts, Customer
 from node.errors import FailedPrecondition, SundeskError
 from node.heartbeats import HeartbeatBook
-from node.registry import ASSET_PREFIX, Registry
+from node.registry import ASSET_PREFIX, CUSTOMER_PREFIX, Registry
 from node.sla_monitor import QueueOwner
+from node.slices import sliced
 from node.sqlite_store import SqliteTicketStore
+from node.store import Change
 from node.telemetry import (
     SILENT_CODE,
     back_note_fields,
@@ -79,8 +81,13 @@ class SilenceMonitor:
         self._tracer = tracer
         self._missed = missed
         self._started = now()
-        self._asset_count = -1
-        self._pairs: list[tuple[Asset, Customer]] = []
+        # The monitored assets and their customers, kept from commits: a full read when a
+        # customer registers (or at start), the changed assets alone otherwise.
+        self._pairs: dict[str, tuple[Asset, Customer]] = {}
+        self._reload = True
+        self._changed: set[str] = set()
+        self._widest = timedelta(0)
+        store.add_listener(self._registered)
         self._known_silent: set[str] = set()  # assets with an open silent ticket
         self._scans = 0
         self._baselines: dict[str, datetime] = {}
@@ -111,41 +118,61 @@ class SilenceMonitor:
         if not by_queue:
             return []
         if mine != self._owned or self._scans % REFRESH_SCANS == 0:
-            self._refresh_known([a for pairs in by_queue.values() for a, _ in pairs])
+            await self._refresh_known([a for pairs in by_queue.values() for a, _ in pairs])
         self._owned = mine
         self._scans += 1
         now = self._now()
-        widest = max(
-            silence_window(a, self._missed) for pairs in by_queue.values() for a, _ in pairs
-        )
-        seen = self._book.last_seen_all(now, widest + timedelta(hours=1))
+        seen = self._book.last_seen_all(now, self._widest + timedelta(hours=1))
         acted: list[str] = []
         for queue, pairs in by_queue.items():
             try:
                 epoch = await owner.owner_action(queue, "watch silent machines")
             except FailedPrecondition:
                 continue
-            for asset, customer in pairs:
+            async for asset, customer in sliced(pairs):
                 code = await self._check(asset, customer, seen.get(asset.id), epoch, now)
                 if code:
                     acted.append(code)
         return acted
 
-    def _monitored(self) -> list[tuple[Asset, Customer]]:
-        count = self._store.record_count(ASSET_PREFIX)
-        if count != self._asset_count:
+    def _registered(self, changes: Sequence[Change]) -> None:
+        for change in changes:
+            key = change.op.ticket
+            if key.startswith(ASSET_PREFIX):
+                self._changed.add(key[len(ASSET_PREFIX) :])
+            elif key.startswith(CUSTOMER_PREFIX):
+                self._reload = True
+
+    def _monitored(self) -> Iterable[tuple[Asset, Customer]]:
+        if self._reload:
+            self._reload, self._changed = False, set()
             customers = {c.id: c for c in self._registry.customers()}
-            self._pairs = [
-                (a, customers[a.customer])
+            self._pairs = {
+                a.id: (a, customers[a.customer])
                 for a in self._registry.assets(monitored_only=True)
                 if a.customer in customers
-            ]
-            self._asset_count = count
-        return self._pairs
+            }
+            self._widest = max(
+                (silence_window(a, self._missed) for a, _ in self._pairs.values()),
+                default=timedelta(0),
+            )
+        elif self._changed:
+            changed, self._changed = self._changed, set()
+            for id in changed:
+                asset = self._registry.get_asset(id)
+                customer = self._registry.get_customer(asset.customer) if asset else None
+                if asset is None or customer is None or not asset.monitored:
+                    self._pairs.pop(id, None)
+                    continue
+                self._pairs[id] = (asset, customer)
+                self._widest = max(self._widest, silence_window(asset, self._missed))
+        return self._pairs.values()
 
-    def _refresh_known(self, assets: list[Asset]) -> None:
+    async def _refresh_known(self, assets: list[Asset]) -> None:
         self._known_silent = {
-            a.id for a in assets if self._call_home.current_ticket(a.id, SILENT_CODE) is not None
+            a.id
+            async for a in sliced(assets)
+            if self._call_home.current_ticket(a.id, SILENT_CODE) is not None
         }
 
     def _baseline(self, asset: Asset) -> datetime:

@@ -34,13 +34,13 @@ from node.breaches import (
 from node.dues import DueClock
 from node.errors import FailedPrecondition, SundeskError
 from node.sla import AT_RISK, BREACHED
+from node.slices import sliced
 from node.sqlite_store import SqliteTicketStore
 from node.store import TicketFilter, every_ticket
 from node.tickets import OPEN_STATES, TicketView
 from ops.metrics import Metrics
 
 log = logging.getLogger("sundesk.sla")
-SCAN_SLICE = 200  # tickets between two yields to the event loop
 
 
 class QueueStatusLike(Protocol):
@@ -122,9 +122,7 @@ class SlaMonitor:
         now = self._now()
         recorded: list[SlaEvent] = []
         at_risk = {"response": 0, "resolution": 0}
-        for n, view in enumerate(self._open(queue), 1):
-            if n % SCAN_SLICE == 0:
-                await asyncio.sleep(0)  # a long queue must not hold the loop (RPCs wait)
+        async for view in sliced(self._open(queue)):
             if self._on_owned is not None:
                 view = await self._on_owned(view, epoch) or view
             status = self._dues.status(view, now)

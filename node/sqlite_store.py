@@ -90,6 +90,25 @@ _INSERT_OP = "INSERT INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_TICKET = "INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
+def _filter_terms(flt: TicketFilter) -> tuple[list[str], list[Any]]:
+    """The WHERE terms (joined by AND) and their arguments that select ``flt``'s tickets."""
+    where = ["created=1"]
+    args: list[Any] = []
+    if flt.states:
+        where.append(f"state IN ({','.join('?' * len(flt.states))})")
+        args.extend(s.value for s in flt.states)
+    for column, value in (("queue", flt.queue), ("customer", flt.customer)):
+        if value:
+            where.append(f"{column}=?")
+            args.append(value)
+    if flt.kind is not None:
+        where.append("kind=?")
+        args.append(flt.kind.value)
+    if flt.tiered:
+        where.append("tier != ''")
+    return where, args
+
+
 class _WriteFailed(Exception):
     """A write failed after its rules passed: the group must be redone job by job."""
 
@@ -264,10 +283,18 @@ class SqliteTicketStore:
     # ----- setup -------------------------------------------------------------------------
 
     def _add_tier_column(self) -> None:
-        """Databases made before tickets had a ``tier`` column get it, filled from bodies."""
+        """Databases made before tickets had a ``tier`` column get it, filled from bodies;
+        then the index of tickets under a contract (the SLA scan's query) is ensured."""
         columns = {row[1] for row in self._wconn.execute("PRAGMA table_info(tickets)")}
-        if "tier" in columns:
-            return
+        if "tier" not in columns:
+            self._fill_tier_column()
+        # Partial: walk-in tickets are most of a busy desk and never in it. Without it the
+        # planner walks ``tickets_order`` over every ticket (20 ms per queue at 30,000).
+        self._wconn.execute(
+            "CREATE INDEX IF NOT EXISTS tickets_tiered ON tickets (queue, state) WHERE tier != ''"
+        )
+
+    def _fill_tier_column(self) -> None:
         conn = self._wconn
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("ALTER TABLE tickets ADD COLUMN tier TEXT NOT NULL DEFAULT ''")
@@ -730,13 +757,6 @@ class SqliteTicketStore:
     def get_record(self, key: str) -> ReplicatedTicket | None:
         return self._load_record(self._rconn, key)
 
-    def record_count(self, prefix: str) -> int:
-        """How many records have keys starting with ``prefix`` (cheap: no bodies read)."""
-        row = self._rconn.execute(
-            "SELECT count(*) FROM records WHERE key >= ? AND key < ?", (prefix, prefix + "\uffff")
-        ).fetchone()
-        return int(row[0])
-
     def records(self, prefix: str, queue: str = "") -> list[ReplicatedTicket]:
         sql = "SELECT body FROM records WHERE key >= ? AND key < ?"
         args: list[Any] = [prefix, prefix + "\uffff"]
@@ -768,20 +788,7 @@ class SqliteTicketStore:
         return self._load(self._rconn, code)
 
     def list_tickets(self, flt: TicketFilter, page_size: int, page_token: str) -> Page:
-        where = ["created=1"]
-        args: list[Any] = []
-        if flt.states:
-            where.append(f"state IN ({','.join('?' * len(flt.states))})")
-            args.extend(s.value for s in flt.states)
-        for column, value in (("queue", flt.queue), ("customer", flt.customer)):
-            if value:
-                where.append(f"{column}=?")
-                args.append(value)
-        if flt.kind is not None:
-            where.append("kind=?")
-            args.append(flt.kind.value)
-        if flt.tiered:
-            where.append("tier != ''")
+        where, args = _filter_terms(flt)
         total = self._rconn.execute(
             f"SELECT count(*) FROM tickets WHERE {' AND '.join(where)}", args
         ).fetchone()[0]

@@ -15,9 +15,9 @@ from node import rules
 from node.clock import FakeClock
 from node.errors import InvalidArgument, NotFound, StorageError
 from node.rules import NewTicket, TicketChange
-from node.sqlite_store import SqliteTicketStore
+from node.sqlite_store import SqliteTicketStore, _filter_terms
 from node.store import TicketFilter
-from node.tickets import Role, State, TicketView, Tier
+from node.tickets import OPEN_STATES, Role, State, TicketView, Tier
 
 
 def create(title: str = "t") -> Any:
@@ -468,7 +468,30 @@ def test_tiered_filter_finds_contract_tickets_also_in_a_database_made_before_the
     _, gold = asyncio.run(write())
     # As an older node left it: no tier column. Reopening adds it and fills it from bodies.
     conn = sqlite3.connect(tmp_path / "sundesk.db")
+    conn.execute("DROP INDEX tickets_tiered")
     conn.execute("ALTER TABLE tickets DROP COLUMN tier")
     conn.commit()
     conn.close()
     assert asyncio.run(reopen()) == [gold]
+
+
+def test_the_sla_scan_query_reads_only_tickets_under_a_contract(tmp_path: Path) -> None:
+    # Walk-in tickets are most of a busy desk; the owner's scan every few seconds must not
+    # walk them (the planner would otherwise take the creation-order index over all).
+    async def plan() -> str:
+        store = open_store(tmp_path)
+        try:
+            for _ in range(50):
+                await store.write(None, create("walk-in"))
+            flt = TicketFilter(states=tuple(OPEN_STATES), queue="velizy", tiered=True)
+            where, args = _filter_terms(flt)
+            rows = store._rconn.execute(
+                "EXPLAIN QUERY PLAN SELECT code FROM tickets WHERE "
+                f"{' AND '.join(where)} ORDER BY created_at, code",
+                args,
+            ).fetchall()
+            return " ".join(str(r[-1]) for r in rows)
+        finally:
+            await store.close()
+
+    assert "USING INDEX tickets_tiered" in asyncio.run(plan())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ from node.contracts import Asset, Customer
 from node.errors import InvalidArgument
 from node.heartbeats import HeartbeatBook, RecordBuild
 from node.stats import machine_first_share
+from node.store import Change
 from node.telemetry import (
     SILENT_CODE,
     Severity,
@@ -151,18 +153,29 @@ def test_the_back_note_is_a_visible_comment_with_the_epoch() -> None:
 
 
 class FakeRecords:
+    """Records in memory; like the node's store, each commit is told to the listeners."""
+
     def __init__(self) -> None:
         self.records: dict[str, ReplicatedTicket] = {}
         self.writes = 0
+        self.reads = 0
+        self.listeners: list[Callable[[list[Change]], None]] = []
 
     def get_record(self, key: str) -> ReplicatedTicket | None:
+        self.reads += 1
         return self.records.get(key)
+
+    def add_listener(self, listener: Callable[[list[Change]], None]) -> None:
+        self.listeners.append(listener)
 
     async def write_record(self, key: str, build: RecordBuild) -> ReplicatedTicket | None:
         kind, fields = build(self.records.get(key), T0)
         self.writes += 1
         rec = self.records.setdefault(key, ReplicatedTicket(key))
-        apply_in_place(rec, Operation("velizy", self.writes, self.writes << 16, key, kind, fields))
+        op = Operation("velizy", self.writes, self.writes << 16, key, kind, fields)
+        apply_in_place(rec, op)
+        for listener in self.listeners:
+            listener([Change(op, None, local=True)])
         return rec
 
 
@@ -180,6 +193,23 @@ def test_the_book_replicates_last_seen_coarsely_and_readers_see_it() -> None:
     seen = elsewhere.last_seen_all(T0 + timedelta(seconds=150), timedelta(seconds=180))
     assert seen == {ASSET.id: T0 + timedelta(seconds=120)}
     assert here.last_seen_all(T0, timedelta(seconds=1))[ASSET.id] == T0 + timedelta(seconds=120)
+
+
+def test_after_its_first_read_a_book_follows_commits_without_reading_records() -> None:
+    store = FakeRecords()
+    regions = ["velizy", "japan"]
+    here, owner = HeartbeatBook(store, "velizy", regions), HeartbeatBook(store, "japan", regions)
+    here.record(ASSET.id, 60, T0)
+    asyncio.run(here.flush())
+    later = T0 + timedelta(seconds=30)
+    assert owner.last_seen_all(later, timedelta(seconds=180)) == {ASSET.id: T0}
+    reads = store.reads
+    here.record(ASSET.id, 60, T0 + timedelta(seconds=90))
+    here.record("other", 60, T0 + timedelta(seconds=91))
+    asyncio.run(here.flush())
+    seen = owner.last_seen_all(T0 + timedelta(seconds=100), timedelta(seconds=180))
+    assert seen == {ASSET.id: T0 + timedelta(seconds=90), "other": T0 + timedelta(seconds=91)}
+    assert store.reads == reads  # heard through the commit, not by re-reading the record
 
 
 def _view(code: str, source: str, asset: str, at: datetime, kind: str = "incident") -> TicketView:
