@@ -11,7 +11,7 @@ assigned twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +21,7 @@ from federation.operations import TICKET_UPDATE
 from node import rules
 from node.contracts import Contracts
 from node.errors import FailedPrecondition
-from node.roster import Roster, open_load
+from node.roster import Roster
 from node.sqlite_store import SqliteTicketStore
 from node.tickets import Role, State, TicketView
 from ops.metrics import Metrics
@@ -41,7 +41,7 @@ class AutoAssigner:
         store: SqliteTicketStore,
         contracts: Contracts,
         roster: Roster,
-        open_tickets: Callable[[], Iterable[TicketView]],
+        engineers_load: Callable[[], dict[str, int]],
         metrics: Metrics,
         tracer: Tracer,
     ) -> None:
@@ -49,7 +49,7 @@ class AutoAssigner:
         self._store = store
         self._contracts = contracts
         self._roster = roster
-        self._open = open_tickets
+        self._count_load = engineers_load
         self._metrics = metrics
         self._tracer = tracer
         self._load: dict[str, int] | None = None
@@ -63,7 +63,7 @@ class AutoAssigner:
             return None
         policy = self._contracts.tier(view.tier)
         if self._load is None:
-            self._load = open_load(self._open())
+            self._load = self._count_load()
         load = self._load
         lead = self._roster.pick(policy, self._region, load)
         if lead is None:

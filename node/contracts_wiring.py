@@ -19,8 +19,7 @@ from node.registry import Registry
 from node.roster import Roster
 from node.sla_monitor import QueueOwner, SlaMonitor, breach_records
 from node.sqlite_store import SqliteTicketStore
-from node.store import TicketFilter, every_ticket
-from node.tickets import OPEN_STATES
+from node.store import every_ticket
 from ops.metrics import Metrics
 
 
@@ -46,8 +45,7 @@ def build_contract_parts(
 ) -> ContractParts:
     registry = Registry(store, config.region_names())
     dues = DueClock(contracts, config.region)
-    open_tickets = partial(every_ticket, store, TicketFilter(states=tuple(OPEN_STATES)))
-    assigner = AutoAssigner(region, store, contracts, roster, open_tickets, metrics, tracer)
+    assigner = AutoAssigner(region, store, contracts, roster, store.open_load, metrics, tracer)
     monitor = SlaMonitor(
         region,
         store,

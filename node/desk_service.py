@@ -13,10 +13,10 @@ from node import convert, rules
 from node.dues import DueClock
 from node.errors import InvalidArgument
 from node.registry import Registry, with_registered
-from node.roster import Roster, open_load, staffing
+from node.roster import Roster, staffing
 from node.sqlite_store import SqliteTicketStore
-from node.store import Change, TicketFilter, every_ticket
-from node.tickets import OPEN_STATES, TicketView
+from node.store import Change, TicketFilter
+from node.tickets import TicketView
 from node.watch import WatchHub
 from sundesk.v1 import desk_pb2 as pb
 from sundesk.v1 import desk_pb2_grpc
@@ -111,7 +111,7 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         return self._to_pb(view)
 
     def _load(self) -> dict[str, int]:
-        return open_load(every_ticket(self._store, TicketFilter(states=tuple(OPEN_STATES))))
+        return self._store.open_load()
 
     def _registered(self, new: rules.NewTicket) -> rules.NewTicket:
         if self._registry is None:

@@ -133,14 +133,3 @@ def load_roster_text(
         return Roster(tuple(engineers))
 
     return parse_toml(text, source, build)
-
-
-def open_load(tickets: Iterable[TicketView]) -> dict[str, int]:
-    """Open cases per engineer, as assignee or second engineer."""
-    load: dict[str, int] = {}
-    for t in tickets:
-        if t.is_open:
-            for name in (t.assignee, t.second_engineer):
-                if name:
-                    load[name] = load.get(name, 0) + 1
-    return load

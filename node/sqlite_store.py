@@ -39,7 +39,7 @@ from federation.operations import TICKET_CREATE, Operation, canonical_json
 from node.clock import Clock
 from node.errors import InvalidArgument, NotFound, StorageError, SundeskError
 from node.store import Build, Change, Page, TicketFilter
-from node.tickets import State, TicketView
+from node.tickets import OPEN_STATES, State, TicketView
 
 log = logging.getLogger("sundesk.store")
 
@@ -67,7 +67,9 @@ CREATE TABLE IF NOT EXISTS tickets (
     created_at TEXT NOT NULL,
     digest TEXT NOT NULL,
     body BLOB NOT NULL,
-    tier TEXT NOT NULL DEFAULT ''
+    tier TEXT NOT NULL DEFAULT '',
+    assignee TEXT NOT NULL DEFAULT '',
+    second_engineer TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tickets_order ON tickets (created_at, code);
 CREATE INDEX IF NOT EXISTS tickets_queue ON tickets (queue, state);
@@ -87,7 +89,9 @@ RecordBuild = Callable[[ReplicatedTicket | None, datetime], tuple[str, dict[str,
 MAX_GROUP = 512
 _STOP = object()
 _INSERT_OP = "INSERT INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_UPSERT_TICKET = "INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPSERT_TICKET = "INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# Columns added after the first release, each copied from the ticket value of its name.
+_ADDED_COLUMNS = ("tier", "assignee", "second_engineer")
 
 
 def _filter_terms(flt: TicketFilter) -> tuple[list[str], list[Any]]:
@@ -251,7 +255,7 @@ class SqliteTicketStore:
         self._wconn = open_database(self.path)
         try:
             self._wconn.executescript(SCHEMA)
-            self._add_tier_column()
+            self._add_columns()
             self._check_region()
             self._rconn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.DatabaseError as exc:
@@ -282,26 +286,36 @@ class SqliteTicketStore:
 
     # ----- setup -------------------------------------------------------------------------
 
-    def _add_tier_column(self) -> None:
-        """Databases made before tickets had a ``tier`` column get it, filled from bodies;
-        then the index of tickets under a contract (the SLA scan's query) is ensured."""
-        columns = {row[1] for row in self._wconn.execute("PRAGMA table_info(tickets)")}
-        if "tier" not in columns:
-            self._fill_tier_column()
-        # Partial: walk-in tickets are most of a busy desk and never in it. Without it the
-        # planner walks ``tickets_order`` over every ticket (20 ms per queue at 30,000).
-        self._wconn.execute(
-            "CREATE INDEX IF NOT EXISTS tickets_tiered ON tickets (queue, state) WHERE tier != ''"
+    def _add_columns(self) -> None:
+        """Databases made before a column of ``_ADDED_COLUMNS`` get it, filled from bodies;
+        then the partial indexes of the owner's scans are ensured."""
+        present = {row[1] for row in self._wconn.execute("PRAGMA table_info(tickets)")}
+        missing = [c for c in _ADDED_COLUMNS if c not in present]
+        if missing:
+            self._fill_columns(missing)
+        # Partial: walk-in tickets are most of a busy desk and never in the SLA scan's
+        # index; without it the planner walks ``tickets_order`` over every ticket (20 ms
+        # per queue at 30,000). Engineers' load counts assigned tickets only.
+        self._wconn.executescript(
+            "CREATE INDEX IF NOT EXISTS tickets_tiered ON tickets (queue, state) "
+            "WHERE tier != '';"
+            "CREATE INDEX IF NOT EXISTS tickets_assignee ON tickets (assignee, state) "
+            "WHERE assignee != '';"
+            "CREATE INDEX IF NOT EXISTS tickets_second ON tickets (second_engineer, state) "
+            "WHERE second_engineer != '';"
         )
 
-    def _fill_tier_column(self) -> None:
+    def _fill_columns(self, columns: list[str]) -> None:
         conn = self._wconn
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ALTER TABLE tickets ADD COLUMN tier TEXT NOT NULL DEFAULT ''")
+        for column in columns:
+            conn.execute(f"ALTER TABLE tickets ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+        sets = ", ".join(f"{c}=?" for c in columns)
         for code, body in conn.execute("SELECT code, body FROM tickets").fetchall():
-            tier = ReplicatedTicket.from_json(orjson.loads(body)).values.get("tier") or ""
-            if tier:
-                conn.execute("UPDATE tickets SET tier=? WHERE code=?", (tier, code))
+            values = ReplicatedTicket.from_json(orjson.loads(body)).values
+            found = [values.get(c) or "" for c in columns]
+            if any(found):
+                conn.execute(f"UPDATE tickets SET {sets} WHERE code=?", (*found, code))
         conn.execute("COMMIT")
 
     def _check_region(self) -> None:
@@ -809,6 +823,21 @@ class SqliteTicketStore:
         token = _encode_token(rows[-1][1], rows[-1][2]) if more and rows else ""
         return Page(tickets=views, next_token=token, total=total)
 
+    def open_load(self) -> dict[str, int]:
+        """Open tickets per engineer, as assignee or as second engineer (indexed counts)."""
+        states = [s.value for s in OPEN_STATES]
+        marks = ",".join("?" * len(states))
+        load: dict[str, int] = {}
+        for column in ("assignee", "second_engineer"):
+            rows = self._rconn.execute(
+                f"SELECT {column}, count(*) FROM tickets WHERE {column} != '' AND created=1 "
+                f"AND state IN ({marks}) GROUP BY {column}",
+                states,
+            )
+            for name, count in rows:
+                load[name] = load.get(name, 0) + int(count)
+        return load
+
     def version_vector(self) -> dict[str, int]:
         """Highest contiguous seq per origin that is durable here."""
         return dict(self._committed_vv)
@@ -856,7 +885,7 @@ def _count_key(values: Mapping[str, Any]) -> CountKey:
 
 
 def _ticket_row(ticket: ReplicatedTicket, body: bytes, digest: str) -> tuple[Any, ...]:
-    """The ``tickets`` row, in column order: the indexed fields, then body and tier."""
+    """The ``tickets`` row, in column order: the indexed fields, body, the added columns."""
     values = ticket.values
     return (
         ticket.code,
@@ -868,7 +897,7 @@ def _ticket_row(ticket: ReplicatedTicket, body: bytes, digest: str) -> tuple[Any
         values.get("created_at", ""),
         digest,
         body,
-        values.get("tier") or "",
+        *(values.get(c) or "" for c in _ADDED_COLUMNS),
     )
 
 

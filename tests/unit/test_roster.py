@@ -9,7 +9,7 @@ import pytest
 
 from node.contracts import load_contracts
 from node.errors import ConfigError, FailedPrecondition, InvalidArgument
-from node.roster import load_roster, load_roster_text, open_load, staffing
+from node.roster import load_roster, load_roster_text, staffing
 from node.tickets import Tier
 from tests.unit.test_dues import Ticket
 
@@ -68,12 +68,6 @@ def test_assignments_against_the_tier_are_refused(
 ) -> None:
     with pytest.raises(error, match=re.escape(message)):
         staffing(ROSTER, policy, Ticket(Tier.GOLD, 2).view, fields, no_load)
-
-
-def test_open_load_counts_both_roles_of_open_tickets() -> None:
-    t = Ticket(Tier.GOLD, 2)
-    t._apply({"assignee": "a", "second_engineer": "b", "state": "assigned"})
-    assert open_load([t.view, t.view]) == {"a": 2, "b": 2}
 
 
 @pytest.mark.parametrize(

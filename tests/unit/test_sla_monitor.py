@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from node.roster import load_roster
 from node.rules import NewTicket
 from node.sla_monitor import SlaMonitor, breach_records
 from node.sqlite_store import SqliteTicketStore
-from node.store import every_ticket
 from node.tickets import TicketView, Tier
 from ops.metrics import Metrics
 
@@ -72,9 +70,8 @@ def run(tmp_path: Path, body: Callable[..., Awaitable[Any]]) -> Any:
             view, _ = await store.write(None, build)
 
             def monitor(owner: FakeOwner, metrics: Metrics) -> SlaMonitor:
-                tickets = partial(every_ticket, store)
                 assign = AutoAssigner(
-                    "velizy", store, DUES.contracts, ROSTER, tickets, metrics, NoOpTracer()
+                    "velizy", store, DUES.contracts, ROSTER, store.open_load, metrics, NoOpTracer()
                 )
                 return SlaMonitor(
                     "velizy",

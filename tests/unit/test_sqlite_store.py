@@ -468,8 +468,13 @@ def test_tiered_filter_finds_contract_tickets_also_in_a_database_made_before_the
     _, gold = asyncio.run(write())
     # As an older node left it: no tier column. Reopening adds it and fills it from bodies.
     conn = sqlite3.connect(tmp_path / "sundesk.db")
-    conn.execute("DROP INDEX tickets_tiered")
-    conn.execute("ALTER TABLE tickets DROP COLUMN tier")
+    for column, index in (
+        ("tier", "tickets_tiered"),
+        ("assignee", "tickets_assignee"),
+        ("second_engineer", "tickets_second"),
+    ):
+        conn.execute(f"DROP INDEX {index}")
+        conn.execute(f"ALTER TABLE tickets DROP COLUMN {column}")
     conn.commit()
     conn.close()
     assert asyncio.run(reopen()) == [gold]
@@ -495,3 +500,35 @@ def test_the_sla_scan_query_reads_only_tickets_under_a_contract(tmp_path: Path) 
             await store.close()
 
     assert "USING INDEX tickets_tiered" in asyncio.run(plan())
+
+
+def test_engineers_load_counts_open_tickets_in_both_roles_also_after_migration(
+    tmp_path: Path,
+) -> None:
+    async def write() -> dict[str, int]:
+        store = open_store(tmp_path)
+        try:
+            for i in range(3):
+                t, _ = await store.write(None, create())
+                await store.write(t.code, update(assignee="ana", second_engineer=f"e{i % 2}"))
+                if i == 2:
+                    await store.write(t.code, update(state=State.RESOLVED, cause="fixed"))
+            await store.write(None, create())  # nobody on it
+            return store.open_load()
+        finally:
+            await store.close()
+
+    async def reopen() -> dict[str, int]:
+        store = open_store(tmp_path)
+        try:
+            return store.open_load()
+        finally:
+            await store.close()
+
+    assert asyncio.run(write()) == {"ana": 2, "e0": 1, "e1": 1}
+    conn = sqlite3.connect(tmp_path / "sundesk.db")
+    conn.execute("DROP INDEX tickets_assignee")
+    conn.execute("ALTER TABLE tickets DROP COLUMN assignee")
+    conn.commit()
+    conn.close()
+    assert asyncio.run(reopen()) == {"ana": 2, "e0": 1, "e1": 1}
