@@ -25,18 +25,32 @@ ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
 
+# Ports this process has handed out. Sockets are closed before their users bind them, so
+# without this a later call (the WAN proxies after the nodes' ports, say) could be given a
+# port an earlier caller has not bound yet: two listeners on one port, one of them lost.
+_HANDED_OUT: set[int] = set()
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports that were free a moment ago."""
-    socks = []
+    """``n`` distinct loopback ports that were free a moment ago and that no earlier call
+    in this process returned."""
+    socks: list[socket.socket] = []
+    found: list[int] = []
     try:
-        for _ in range(n):
+        while len(found) < n:
+            if len(socks) > n + 1000:
+                raise OSError(f"found only {len(found)} of {n} free loopback ports")
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            socks.append(s)  # held open until all are found: distinct within one call
+            port = s.getsockname()[1]
+            if port not in _HANDED_OUT:
+                found.append(port)
     finally:
         for s in socks:
             s.close()
+    _HANDED_OUT.update(found)
+    return found
 
 
 def wait_for(
