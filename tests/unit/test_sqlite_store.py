@@ -283,7 +283,7 @@ def test_replies_wait_for_the_commit(tmp_path: Path) -> None:
         store = open_store(tmp_path)
         held: list[Any] = []
         commit = store._committer.commit
-        store._committer.commit = lambda loop, done: held.append((loop, done))  # type: ignore[method-assign]
+        store._committer.commit = lambda *request: held.append(request)  # type: ignore[method-assign]
         try:
             write = asyncio.ensure_future(store.write(None, create("durable")))
             for _ in range(10):
@@ -306,8 +306,8 @@ def test_a_failed_commit_fails_its_group_and_nothing_moves(tmp_path: Path) -> No
         store = open_store(tmp_path)
         commit = store._committer.commit
 
-        def fail(loop: asyncio.AbstractEventLoop, done: Any) -> None:
-            loop.call_soon(done, sqlite3.OperationalError("disk I/O error"))
+        def fail(loop: asyncio.AbstractEventLoop, done: Any, *_: Any) -> None:
+            loop.call_soon(done, sqlite3.OperationalError("disk I/O error"), [])
 
         store._committer.commit = fail  # type: ignore[method-assign]
         try:
