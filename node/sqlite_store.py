@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import hashlib
 import logging
 import queue
@@ -188,12 +187,12 @@ class _Committer:
     def commit(
         self,
         loop: asyncio.AbstractEventLoop,
-        done: Callable[[Exception | None, list[Operation]], None],
+        done: Callable[[Exception | None], None],
         unsigned: list[Operation],
         sign: Callable[[Operation], Operation] | None,
     ) -> None:
-        """Sign ``unsigned`` into their rows and COMMIT; then ``done(None, signed)``, or
-        ``done(error, [])``, on ``loop``."""
+        """Sign ``unsigned`` (in place: nobody sees them before ``done``) and their rows, and
+        COMMIT; then ``done(None)``, or ``done(error)``, on ``loop``."""
         self._requests.put((loop, done, unsigned, sign))
 
     def _run(self) -> None:
@@ -203,18 +202,19 @@ class _Committer:
                 return
             loop, done, unsigned, sign = request
             error: Exception | None = None
-            signed: list[Operation] = []
             try:
                 if unsigned and sign is not None:
-                    signed = [sign(op) for op in unsigned]
+                    for op in unsigned:
+                        # The group's results and changes hold these very objects.
+                        object.__setattr__(op, "signature", sign(op).signature)
                     self._conn.executemany(
                         "UPDATE ops SET signature=? WHERE origin=? AND seq=?",
-                        [(op.signature, op.origin, op.seq) for op in signed],
+                        [(op.signature, op.origin, op.seq) for op in unsigned],
                     )
                 self._conn.execute("COMMIT")
             except Exception as exc:  # sqlite, or a key that cannot sign: nothing commits
-                error, signed = exc, []
-            loop.call_soon_threadsafe(done, error, signed)
+                error = exc
+            loop.call_soon_threadsafe(done, error)
 
     def stop(self) -> None:
         self._requests.put(_STOP)
@@ -524,7 +524,6 @@ class SqliteTicketStore:
         started: float,
         started_ns: int,
         error: Exception | None,
-        signed: list[Operation],
     ) -> None:
         if error is not None:
             log.error("commit failed: %s", error)
@@ -533,8 +532,6 @@ class SqliteTicketStore:
             self._vv, self._ticket_seq = saved
             err = StorageError(f"could not write to {self.path}: {error}")
             results = [_Result(error=err) for _ in jobs]
-        elif signed:
-            _with_signatures(results, {(op.origin, op.seq): op for op in signed})
         self._finish(jobs, results, started, started_ns)
 
     def _finish(
@@ -905,19 +902,6 @@ class SqliteTicketStore:
         await asyncio.to_thread(self._committer.stop)
         self._wconn.close()
         self._rconn.close()
-
-
-def _with_signatures(results: list[_Result], signed: dict[tuple[str, int], Operation]) -> None:
-    """Put the committer's signed operations where the group's results hold unsigned ones."""
-
-    def fill(op: Operation) -> Operation:
-        return signed.get((op.origin, op.seq), op)
-
-    for res in results:
-        res.changes = [dataclasses.replace(c, op=fill(c.op)) for c in res.changes]
-        value = res.value
-        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], Operation):
-            res.value = (value[0], fill(value[1]))
 
 
 def _count_key(values: Mapping[str, Any]) -> CountKey:

@@ -307,7 +307,7 @@ def test_a_failed_commit_fails_its_group_and_nothing_moves(tmp_path: Path) -> No
         commit = store._committer.commit
 
         def fail(loop: asyncio.AbstractEventLoop, done: Any, *_: Any) -> None:
-            loop.call_soon(done, sqlite3.OperationalError("disk I/O error"), [])
+            loop.call_soon(done, sqlite3.OperationalError("disk I/O error"))
 
         store._committer.commit = fail  # type: ignore[method-assign]
         try:
