@@ -89,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     batches, expect = make_batches(args.ops, args.batch, args.comments)
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(10_000, 20, 100)
     wall, cpu = asyncio.run(apply_all(batches, expect))
     print(
         f"apply: {args.ops / wall:,.0f} operations/s wall, {args.ops / cpu:,.0f} per CPU second "
