@@ -27,6 +27,7 @@ from ops.tracing import (
     ATTR_QUEUE,
     ATTR_REGION,
     ATTR_TICKET,
+    carried_span_context,
     extract_context,
     inject_context,
 )
@@ -222,5 +223,5 @@ class NodeObserver:
 
 
 def _link(carrier: Mapping[str, str]) -> Link | None:
-    context = get_current_span(extract_context(carrier)).get_span_context()
+    context = carried_span_context(carrier)
     return Link(context) if context.is_valid else None
