@@ -185,7 +185,9 @@ class EtcdSession:
         self._started_at = self.clock.now().isoformat()
         try:
             await self._establish()
-        except Unavailable:
+        except (Unavailable, asyncio.CancelledError):
+            # Cancelled too (the node stopping while etcd is away): an unclosed client
+            # keeps its channel reconnecting.
             await self.client.close()
             raise
         self._task = asyncio.create_task(self._keep_alive(), name=f"etcd-session-{self.region}")

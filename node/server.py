@@ -12,9 +12,11 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -416,12 +418,15 @@ class Node:
             self._gauges.cancel()
             self._sla.cancel()
             self._silence.cancel()
-            await self._leave_ownership()
-            await self.replicator.stop()
-            await self.server.stop(grace)
+            # Each step bounded and named: a stop that hangs says where, and still ends.
+            await _bounded("leaving queue ownership", self._leave_ownership(), 10)
+            await _bounded("stopping replication", self.replicator.stop(), 5)
+            await _bounded("stopping the gRPC server", self.server.stop(grace), grace + 2)
             self.server = None
             self.metrics.stop_http_server()
-            await asyncio.to_thread(shutdown_tracing, self.tracer_provider)
+            await _bounded(
+                "flushing traces", asyncio.to_thread(shutdown_tracing, self.tracer_provider), 8
+            )
         for hook in self._on_stop:
             result = hook()
             if asyncio.iscoroutine(result):
@@ -473,7 +478,21 @@ class Node:
             loop.add_signal_handler(sig, self.request_stop)
         await self._stopping.wait()
         log.info("region %s stopping", self.region.name)
+        started = time.monotonic()
         await self.stop()
+        log.info("region %s stopped in %.1f s", self.region.name, time.monotonic() - started)
+
+
+async def _bounded(step: str, work: Awaitable[Any], seconds: float) -> None:
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(work, seconds)
+    except TimeoutError:
+        log.warning("stop: %s did not finish in %.0f s; going on without it", step, seconds)
+        return
+    took = time.monotonic() - started
+    if took > 2:
+        log.warning("stop: %s took %.1f s", step, took)
 
 
 def _health_servicer() -> health.aio.HealthServicer:
