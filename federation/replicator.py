@@ -51,7 +51,7 @@ class PeerState:
     caught_up: bool = False
     last_seen: float = 0.0
     lag_seconds: float = 0.0  # origin commit to apply here, for the last op applied
-    updates: asyncio.Queue[fpb.PullRequest] = field(default_factory=asyncio.Queue)
+    updates: asyncio.Queue[fpb.PullRequest | None] = field(default_factory=asyncio.Queue)
 
 
 @dataclass
@@ -148,8 +148,8 @@ class Replicator:
 
             async def requests():  # type: ignore[no-untyped-def]
                 yield first
-                while True:
-                    yield await peer.updates.get()
+                while (update := await peer.updates.get()) is not None:
+                    yield update
 
             call = stub.Pull(requests())
             try:
@@ -160,6 +160,9 @@ class Replicator:
                     await self._on_batch(peer, batch)
             finally:
                 call.cancel()
+                # Ends the request stream too: gRPC's task feeding it would otherwise wait
+                # on the queue, and closing the channel waits for that task (5 s at stop).
+                peer.updates.put_nowait(None)
 
     def _channel(self, address: str) -> aio.Channel:
         if self._credentials is None:
