@@ -83,6 +83,12 @@ class FederationService(federation_pb2_grpc.FederationServicer):
         self._signal = signal
         self._status = status
         self._on_batch = on_batch
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End every Pull stream now (the node is stopping): the server's grace period is
+        then not spent waiting for streams that never end by themselves."""
+        self._closing.set()
 
     async def Status(
         self, request: fpb.NodeStatusRequest, context: aio.ServicerContext
@@ -99,7 +105,7 @@ class FederationService(federation_pb2_grpc.FederationServicer):
         reader = asyncio.create_task(_read_updates(request_iterator, state))
         try:
             idle_sent = False
-            while True:
+            while not self._closing.is_set():
                 committed = self._signal.current(state.origins)
                 state.changed.clear()
                 batch = self._next_batch(state)
@@ -107,7 +113,9 @@ class FederationService(federation_pb2_grpc.FederationServicer):
                     if not idle_sent:
                         yield self._batch([], caught_up=True)
                         idle_sent = True
-                    woken = await _first_of(committed, state.changed, HEARTBEAT_SECONDS)
+                    woken = await _first_of(
+                        (committed, state.changed, self._closing), HEARTBEAT_SECONDS
+                    )
                     if not woken:
                         # Heartbeat: lets the puller see the link is alive and our vector.
                         yield self._batch([], caught_up=True)
@@ -147,11 +155,11 @@ class FederationService(federation_pb2_grpc.FederationServicer):
         )
 
 
-async def _first_of(a: asyncio.Event, b: asyncio.Event, within: float) -> bool:
-    """Wait until either event is set; False if neither is within ``within`` seconds."""
-    if a.is_set() or b.is_set():
+async def _first_of(events: tuple[asyncio.Event, ...], within: float) -> bool:
+    """Wait until any of ``events`` is set; False if none is within ``within`` seconds."""
+    if any(e.is_set() for e in events):
         return True
-    waits = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
+    waits = {asyncio.ensure_future(e.wait()) for e in events}
     done, pending = await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()

@@ -231,9 +231,10 @@ class Node:
         contracts_pb2_grpc.add_ContractsServicer_to_server(parts.service, registrar)
         self._wire_telemetry(registrar, tracer)
         on_send = obs.on_send if self.options.observability else None
-        federation_pb2_grpc.add_FederationServicer_to_server(
-            FederationService(self.store, self.signal, self.status, on_batch=on_send), registrar
+        self.federation_service = FederationService(
+            self.store, self.signal, self.status, on_batch=on_send
         )
+        federation_pb2_grpc.add_FederationServicer_to_server(self.federation_service, registrar)
         health_servicer = _health_servicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
         # enable_server_reflection() wants the server itself; this is what it registers.
@@ -421,6 +422,9 @@ class Node:
             # Each step bounded and named: a stop that hangs says where, and still ends.
             await _bounded("leaving queue ownership", self._leave_ownership(), 10)
             await _bounded("stopping replication", self.replicator.stop(), 5)
+            federation = getattr(self, "federation_service", None)  # None: start failed early
+            if federation is not None:
+                federation.close()  # peers' Pull streams end now, not at the grace's end
             await _bounded("stopping the gRPC server", self.server.stop(grace), grace + 2)
             self.server = None
             self.metrics.stop_http_server()
