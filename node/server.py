@@ -126,6 +126,7 @@ class Node:
         self.listen = options.listen or self.region.address
         self.store: SqliteTicketStore | None = None
         self.server: aio.Server | None = None
+        self.federation_service: FederationService | None = None
         self.hub = WatchHub()
         self.coordinator: SunCoordinator | None = None
         self.session: EtcdSession | None = None
@@ -422,9 +423,8 @@ class Node:
             # Each step bounded and named: a stop that hangs says where, and still ends.
             await _bounded("leaving queue ownership", self._leave_ownership(), 10)
             await _bounded("stopping replication", self.replicator.stop(), 5)
-            federation = getattr(self, "federation_service", None)  # None: start failed early
-            if federation is not None:
-                federation.close()  # peers' Pull streams end now, not at the grace's end
+            if self.federation_service is not None:
+                self.federation_service.close()  # peers' Pull streams end now, not at grace
             await _bounded("stopping the gRPC server", self.server.stop(grace), grace + 2)
             self.server = None
             self.metrics.stop_http_server()

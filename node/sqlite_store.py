@@ -849,14 +849,13 @@ class SqliteTicketStore:
 
     def open_load(self) -> dict[str, int]:
         """Open tickets per engineer, as assignee or as second engineer (indexed counts)."""
-        states = [s.value for s in OPEN_STATES]
-        marks = ",".join("?" * len(states))
+        where, args = _filter_terms(TicketFilter(states=tuple(OPEN_STATES)))
         load: dict[str, int] = {}
         for column in ("assignee", "second_engineer"):
             rows = self._rconn.execute(
-                f"SELECT {column}, count(*) FROM tickets WHERE {column} != '' AND created=1 "
-                f"AND state IN ({marks}) GROUP BY {column}",
-                states,
+                f"SELECT {column}, count(*) FROM tickets WHERE {column} != '' AND "
+                f"{' AND '.join(where)} GROUP BY {column}",
+                args,
             )
             for name, count in rows:
                 load[name] = load.get(name, 0) + int(count)

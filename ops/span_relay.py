@@ -63,24 +63,19 @@ def _attrs(a: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return dict(a) if a else {}
 
 
-def _own(span: ReadableSpan, name: str) -> Any:
-    """The SDK's own container behind a span's copying property: ``BoundedAttributes``
-    keeps a dict, ``BoundedList`` a deque, and the public properties copy them under a
-    lock (4 µs a span); None when this SDK keeps them otherwise."""
-    inner = getattr(span, name, None)
+def _own(span: ReadableSpan, private: str, public: str) -> Any:
+    """What a span holds under ``public``, read from the SDK's own container where it has
+    one: the public properties copy ``BoundedAttributes``' dict and ``BoundedList``'s deque
+    under a lock (4 µs a span). Mappings come out as dicts, for orjson."""
+    inner = getattr(span, private, None)
     for raw in ("_dict", "_dq"):
         found = getattr(inner, raw, None)
         if found is not None:
             return found
-    return inner if isinstance(inner, tuple | list | dict) else None
-
-
-def _own_or(span: ReadableSpan, name: str, public: str) -> Any:
-    found = _own(span, name)
-    if found is None:
-        found = getattr(span, public)
-        return _attrs(found) if public == "attributes" else found
-    return found
+    if isinstance(inner, tuple | list | dict):
+        return inner
+    value = getattr(span, public)
+    return _attrs(value) if isinstance(value, Mapping) else value
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
@@ -101,12 +96,9 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
                 _ctx(s.context),
                 _ctx(s.parent),
                 resource_index[key],
-                _own_or(s, "_attributes", "attributes"),
-                [
-                    [e.name, _attrs(e.attributes), e.timestamp]
-                    for e in _own_or(s, "_events", "events")
-                ],
-                [[_ctx(k.context), _attrs(k.attributes)] for k in _own_or(s, "_links", "links")],
+                _own(s, "_attributes", "attributes"),
+                [[e.name, _attrs(e.attributes), e.timestamp] for e in _own(s, "_events", "events")],
+                [[_ctx(k.context), _attrs(k.attributes)] for k in _own(s, "_links", "links")],
                 s.kind.value,
                 [scope.name, scope.version] if scope is not None else None,
                 [status.status_code.value, status.description],
