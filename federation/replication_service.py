@@ -34,41 +34,54 @@ class CommitSignal:
 
     A node applies every peer's batches, so most commits carry nothing a given stream
     sends (it sends the peer's own origin); waking every stream on every commit cost more
-    loop time than the sending. Take ``current(origins)`` *before* reading the log and wait
-    on it after: a commit that lands in between has already set it, so no wake-up is lost.
+    loop time than the sending. Each stream subscribes its own wake-up event with the
+    origins it sends (read live: the puller may change them). A stream clears its event
+    *before* reading the log: a commit that lands in between sets it again, so no wake-up
+    is lost.
     """
 
     def __init__(self) -> None:
-        # One event per set of wanted origins; the empty set wants every origin.
-        self._waiting: dict[frozenset[str], asyncio.Event] = {}
+        self._streams: set[_Waker] = set()
+
+    def subscribe(self, stream: _Waker) -> None:
+        self._streams.add(stream)
+
+    def unsubscribe(self, stream: _Waker) -> None:
+        self._streams.discard(stream)
 
     def notify(self, changes: list[Change] | None = None) -> None:
         changed = None if changes is None else {c.op.origin for c in changes}
-        for key in list(self._waiting):
-            if changed is None or not key or not key.isdisjoint(changed):
-                self._waiting.pop(key).set()
+        for stream in self._streams:
+            origins = stream.origins  # empty: every origin
+            if changed is None or not origins or not origins.isdisjoint(changed):
+                stream.wake.set()
 
-    def current(self, origins: frozenset[str] = frozenset()) -> asyncio.Event:
-        event = self._waiting.get(origins)
-        if event is None:
-            event = self._waiting[origins] = asyncio.Event()
-        return event
+    def wake_all(self) -> None:
+        for stream in self._streams:
+            stream.wake.set()
 
 
-class _PullState:
+class _Waker:
+    """What a commit signal needs of a stream: the origins it sends, the event to set."""
+
+    origins: frozenset[str]
+    wake: asyncio.Event
+
+
+class _PullState(_Waker):
     def __init__(self, first: fpb.PullRequest) -> None:
         self.region = first.region
         self.cursor: dict[str, int] = dict(first.version_vector)
-        self.origins: frozenset[str] = frozenset(first.origins)
+        self.origins = frozenset(first.origins)
         self.max_batch = min(first.max_batch or DEFAULT_BATCH, MAX_BATCH)
-        self.changed = asyncio.Event()
+        self.wake = asyncio.Event()
 
     def update(self, req: fpb.PullRequest) -> None:
         for origin, seq in req.version_vector.items():
             if seq > self.cursor.get(origin, 0):
                 self.cursor[origin] = seq
         self.origins = frozenset(req.origins)
-        self.changed.set()
+        self.wake.set()
 
 
 class FederationService(federation_pb2_grpc.FederationServicer):
@@ -83,12 +96,13 @@ class FederationService(federation_pb2_grpc.FederationServicer):
         self._signal = signal
         self._status = status
         self._on_batch = on_batch
-        self._closing = asyncio.Event()
+        self._closing = False
 
     def close(self) -> None:
         """End every Pull stream now (the node is stopping): the server's grace period is
         then not spent waiting for streams that never end by themselves."""
-        self._closing.set()
+        self._closing = True
+        self._signal.wake_all()
 
     async def Status(
         self, request: fpb.NodeStatusRequest, context: aio.ServicerContext
@@ -103,20 +117,17 @@ class FederationService(federation_pb2_grpc.FederationServicer):
             return
         state = _PullState(first)
         reader = asyncio.create_task(_read_updates(request_iterator, state))
+        self._signal.subscribe(state)
         try:
             idle_sent = False
-            while not self._closing.is_set():
-                committed = self._signal.current(state.origins)
-                state.changed.clear()
+            while not self._closing:
+                state.wake.clear()
                 batch = self._next_batch(state)
                 if batch is None:
                     if not idle_sent:
                         yield self._batch([], caught_up=True)
                         idle_sent = True
-                    woken = await _first_of(
-                        (committed, state.changed, self._closing), HEARTBEAT_SECONDS
-                    )
-                    if not woken:
+                    if not await _wait(state.wake, HEARTBEAT_SECONDS):
                         # Heartbeat: lets the puller see the link is alive and our vector.
                         yield self._batch([], caught_up=True)
                     continue
@@ -126,6 +137,7 @@ class FederationService(federation_pb2_grpc.FederationServicer):
                 if self._on_batch is not None:
                     self._on_batch(state.region, ops)
         finally:
+            self._signal.unsubscribe(state)
             reader.cancel()
 
     def _next_batch(self, state: _PullState) -> tuple[fpb.OperationBatch, list[Operation]] | None:
@@ -155,15 +167,27 @@ class FederationService(federation_pb2_grpc.FederationServicer):
         )
 
 
-async def _first_of(events: tuple[asyncio.Event, ...], within: float) -> bool:
-    """Wait until any of ``events`` is set; False if none is within ``within`` seconds."""
-    if any(e.is_set() for e in events):
+async def _wait(event: asyncio.Event, within: float) -> bool:
+    """Wait until ``event`` is set; False if it is not within ``within`` seconds.
+
+    A timer handle rather than ``asyncio.wait_for``, which runs the wait as a task of its
+    own: a sender waits once per batch it sends, and the task cost more than the send.
+    """
+    if event.is_set():
         return True
-    waits = {asyncio.ensure_future(e.wait()) for e in events}
-    done, pending = await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    return bool(done)
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        event.set()
+
+    timer = asyncio.get_running_loop().call_later(within, expire)
+    try:
+        await event.wait()
+    finally:
+        timer.cancel()
+    return not expired
 
 
 async def _read_updates(requests: AsyncIterator[fpb.PullRequest], state: _PullState) -> None:

@@ -40,6 +40,38 @@ CHANNEL_OPTIONS = [
 ]
 
 
+class LinkIdle(Exception):
+    """A peer sent nothing, not even a heartbeat, for ``IDLE_TIMEOUT`` seconds."""
+
+    def __init__(self, peer: str) -> None:
+        super().__init__(f"nothing from {peer} for {IDLE_TIMEOUT:.0f} s")
+
+
+class _IdleWatchdog:
+    """Cancels a pull whose peer has been silent for ``IDLE_TIMEOUT``: one timer handle per
+    stream, re-armed from ``peer.last_seen``, instead of ``asyncio.wait_for`` around each
+    read, which runs every read as a task of its own."""
+
+    def __init__(self, peer: PeerState, call: aio.StreamStreamCall) -> None:
+        self.fired = False
+        self._peer = peer
+        self._call = call
+        peer.last_seen = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(IDLE_TIMEOUT, self._check)
+
+    def _check(self) -> None:
+        silent = time.monotonic() - self._peer.last_seen
+        if silent < IDLE_TIMEOUT:
+            self._timer = self._loop.call_later(IDLE_TIMEOUT - silent, self._check)
+            return
+        self.fired = True
+        self._call.cancel()
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
 @dataclass
 class PeerState:
     region: str
@@ -122,7 +154,7 @@ class Replicator:
                 await self._pull(peer)
             except asyncio.CancelledError:
                 raise
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, LinkIdle) as exc:
                 log.debug("pull from %s failed: %s", peer.region, exc)
             except Exception:
                 log.exception("pull from %s failed", peer.region)
@@ -152,13 +184,20 @@ class Replicator:
                     yield update
 
             call = stub.Pull(requests())
+            watchdog = _IdleWatchdog(peer, call)
             try:
                 while True:
-                    batch = await asyncio.wait_for(call.read(), IDLE_TIMEOUT)
+                    try:
+                        batch = await call.read()
+                    except asyncio.CancelledError:
+                        if watchdog.fired:  # the link is dead, not this task cancelled
+                            raise LinkIdle(peer.region) from None
+                        raise
                     if batch is aio.EOF:
                         return
                     await self._on_batch(peer, batch)
             finally:
+                watchdog.stop()
                 call.cancel()
                 # Ends the request stream too: gRPC's task feeding it would otherwise wait
                 # on the queue, and closing the channel waits for that task (5 s at stop).
