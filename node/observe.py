@@ -48,6 +48,9 @@ class NodeObserver:
         self._created: dict[str, Any] = {}
         self._transitions: dict[tuple[str, str], Any] = {}
         self._lag: dict[str, Any] = {}
+        self._applied: dict[str, Any] = {}  # by origin
+        self._batches: dict[str, Any] = {}  # by peer
+        self._connected: dict[str, Any] = {}  # by peer
 
     # ----- RPCs --------------------------------------------------------------------------
 
@@ -171,8 +174,16 @@ class NodeObserver:
             if op.trace_context and self._spans:
                 self._apply_span(peer, op, end_ns, lag)
         for origin, n in per_origin.items():
-            self.metrics.replication_applied_total.labels(origin=origin).inc(n)
-        self.metrics.replication_batches_total.labels(peer=peer).inc()
+            applied = self._applied.get(origin)
+            if applied is None:
+                applied = self._applied[origin] = self.metrics.replication_applied_total.labels(
+                    origin=origin
+                )
+            applied.inc(n)
+        batches = self._batches.get(peer)
+        if batches is None:
+            batches = self._batches[peer] = self.metrics.replication_batches_total.labels(peer=peer)
+        batches.inc()
 
     def _apply_span(self, peer: str, op: Operation, end_ns: int, lag: float) -> None:
         span = self.tracer.start_span(
@@ -192,9 +203,13 @@ class NodeObserver:
         span.end(end_time=end_ns)
 
     def on_peer(self, peer: PeerState) -> None:
-        self.metrics.replication_peer_connected.labels(peer=peer.region).set(
-            1 if peer.connected else 0
-        )
+        """Runs for every batch a peer sends, heartbeats included."""
+        gauge = self._connected.get(peer.region)
+        if gauge is None:
+            gauge = self._connected[peer.region] = self.metrics.replication_peer_connected.labels(
+                peer=peer.region
+            )
+        gauge.set(1 if peer.connected else 0)
 
     def set_backlog(self, backlog: Mapping[str, int]) -> None:
         for peer, value in backlog.items():
