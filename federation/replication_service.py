@@ -41,38 +41,28 @@ class CommitSignal:
     """
 
     def __init__(self) -> None:
-        self._streams: set[_Waker] = set()
+        self._streams: set[_PullState] = set()
 
-    def subscribe(self, stream: _Waker) -> None:
+    def subscribe(self, stream: _PullState) -> None:
         self._streams.add(stream)
 
-    def unsubscribe(self, stream: _Waker) -> None:
+    def unsubscribe(self, stream: _PullState) -> None:
         self._streams.discard(stream)
 
     def notify(self, changes: list[Change] | None = None) -> None:
+        """Wake the streams that send an origin of ``changes``; None wakes every stream."""
         changed = None if changes is None else {c.op.origin for c in changes}
         for stream in self._streams:
-            origins = stream.origins  # empty: every origin
+            origins = stream.origins
             if changed is None or not origins or not origins.isdisjoint(changed):
                 stream.wake.set()
 
-    def wake_all(self) -> None:
-        for stream in self._streams:
-            stream.wake.set()
 
-
-class _Waker:
-    """What a commit signal needs of a stream: the origins it sends, the event to set."""
-
-    origins: frozenset[str]
-    wake: asyncio.Event
-
-
-class _PullState(_Waker):
+class _PullState:
     def __init__(self, first: fpb.PullRequest) -> None:
         self.region = first.region
         self.cursor: dict[str, int] = dict(first.version_vector)
-        self.origins = frozenset(first.origins)
+        self.origins: frozenset[str] = frozenset(first.origins)  # empty: every origin
         self.max_batch = min(first.max_batch or DEFAULT_BATCH, MAX_BATCH)
         self.wake = asyncio.Event()
 
@@ -102,7 +92,7 @@ class FederationService(federation_pb2_grpc.FederationServicer):
         """End every Pull stream now (the node is stopping): the server's grace period is
         then not spent waiting for streams that never end by themselves."""
         self._closing = True
-        self._signal.wake_all()
+        self._signal.notify(None)
 
     async def Status(
         self, request: fpb.NodeStatusRequest, context: aio.ServicerContext

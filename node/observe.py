@@ -35,6 +35,19 @@ from ops.tracing import (
 MAX_LINKS = 32
 
 
+class _Children(dict[Any, Any]):
+    """A metric's children by label values (one value, or a tuple of them in the metric's
+    label order), each made by ``labels()`` on first use only."""
+
+    def __init__(self, metric: Any) -> None:
+        super().__init__()
+        self._metric = metric
+
+    def __missing__(self, key: Any) -> Any:
+        child = self[key] = self._metric.labels(*(key if isinstance(key, tuple) else (key,)))
+        return child
+
+
 class NodeObserver:
     def __init__(self, region: str, metrics: Metrics, tracer: Tracer, clock: Clock) -> None:
         self.region = region
@@ -44,13 +57,13 @@ class NodeObserver:
         # Without an exporter the tracer is a no-op: skip building spans per applied op.
         self._spans = not isinstance(tracer, NoOpTracer)
         # Metric children by label values: ``labels()`` costs more than the increment, and
-        # ``on_changes`` runs for every write.
-        self._created: dict[str, Any] = {}
-        self._transitions: dict[tuple[str, str], Any] = {}
-        self._lag: dict[str, Any] = {}
-        self._applied: dict[str, Any] = {}  # by origin
-        self._batches: dict[str, Any] = {}  # by peer
-        self._connected: dict[str, Any] = {}  # by peer
+        # ``on_changes`` runs for every write, ``on_applied`` and ``on_peer`` for every batch.
+        self._created = _Children(metrics.tickets_created_total)  # by queue
+        self._transitions = _Children(metrics.transitions_total)  # by (from, to)
+        self._lag = _Children(metrics.replication_lag_seconds)  # by origin
+        self._applied = _Children(metrics.replication_applied_total)  # by origin
+        self._batches = _Children(metrics.replication_batches_total)  # by peer
+        self._connected = _Children(metrics.replication_peer_connected)  # by peer
 
     # ----- RPCs --------------------------------------------------------------------------
 
@@ -125,13 +138,7 @@ class NodeObserver:
                 continue
             op = change.op
             if op.kind == TICKET_CREATE:
-                queue = str(op.fields.get("queue", ""))
-                created = self._created.get(queue)
-                if created is None:
-                    created = self._created[queue] = self.metrics.tickets_created_total.labels(
-                        queue=queue
-                    )
-                created.inc()
+                self._created[str(op.fields.get("queue", ""))].inc()
             elif op.kind == TICKET_COMMENT:
                 self.metrics.comments_total.inc()
             elif op.kind in REGISTRY_OP_KINDS:
@@ -142,12 +149,7 @@ class NodeObserver:
             transition = op.fields.get("transition")
             if isinstance(transition, dict):
                 key = (str(transition.get("from", "")), str(transition.get("to", "")))
-                moved = self._transitions.get(key)
-                if moved is None:
-                    moved = self._transitions[key] = self.metrics.transitions_total.labels(
-                        from_state=key[0], to_state=key[1]
-                    )
-                moved.inc()
+                self._transitions[key].inc()
 
     # ----- replication -------------------------------------------------------------------
 
@@ -163,27 +165,14 @@ class NodeObserver:
         per_origin: dict[str, int] = {}
         for op in ops:
             origin = op.origin
-            lag_hist = self._lag.get(origin)
-            if lag_hist is None:
-                lag_hist = self._lag[origin] = self.metrics.replication_lag_seconds.labels(
-                    origin=origin
-                )
             per_origin[origin] = per_origin.get(origin, 0) + 1
             lag = max(0.0, (now_ms - (op.hlc >> LOGICAL_BITS)) / 1000 / speed)
-            lag_hist.observe(lag)
+            self._lag[origin].observe(lag)
             if op.trace_context and self._spans:
                 self._apply_span(peer, op, end_ns, lag)
         for origin, n in per_origin.items():
-            applied = self._applied.get(origin)
-            if applied is None:
-                applied = self._applied[origin] = self.metrics.replication_applied_total.labels(
-                    origin=origin
-                )
-            applied.inc(n)
-        batches = self._batches.get(peer)
-        if batches is None:
-            batches = self._batches[peer] = self.metrics.replication_batches_total.labels(peer=peer)
-        batches.inc()
+            self._applied[origin].inc(n)
+        self._batches[peer].inc()
 
     def _apply_span(self, peer: str, op: Operation, end_ns: int, lag: float) -> None:
         span = self.tracer.start_span(
@@ -204,12 +193,7 @@ class NodeObserver:
 
     def on_peer(self, peer: PeerState) -> None:
         """Runs for every batch a peer sends, heartbeats included."""
-        gauge = self._connected.get(peer.region)
-        if gauge is None:
-            gauge = self._connected[peer.region] = self.metrics.replication_peer_connected.labels(
-                peer=peer.region
-            )
-        gauge.set(1 if peer.connected else 0)
+        self._connected[peer.region].set(1 if peer.connected else 0)
 
     def set_backlog(self, backlog: Mapping[str, int]) -> None:
         for peer, value in backlog.items():
