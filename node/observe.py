@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from opentelemetry.trace import Link, NoOpTracer, SpanKind, Tracer, get_current_span
 
@@ -20,7 +19,7 @@ from federation.replicator import PeerState, ReplicationHooks
 from node.clock import Clock
 from node.registry import REGISTRY_OP_KINDS
 from node.store import Change
-from ops.metrics import Metrics
+from ops.metrics import Children, Metrics
 from ops.tracing import (
     ATTR_OP_ID,
     ATTR_ORIGIN,
@@ -35,19 +34,6 @@ from ops.tracing import (
 MAX_LINKS = 32
 
 
-class _Children(dict[Any, Any]):
-    """A metric's children by label values (one value, or a tuple of them in the metric's
-    label order), each made by ``labels()`` on first use only."""
-
-    def __init__(self, metric: Any) -> None:
-        super().__init__()
-        self._metric = metric
-
-    def __missing__(self, key: Any) -> Any:
-        child = self[key] = self._metric.labels(*(key if isinstance(key, tuple) else (key,)))
-        return child
-
-
 class NodeObserver:
     def __init__(self, region: str, metrics: Metrics, tracer: Tracer, clock: Clock) -> None:
         self.region = region
@@ -56,14 +42,13 @@ class NodeObserver:
         self._clock = clock
         # Without an exporter the tracer is a no-op: skip building spans per applied op.
         self._spans = not isinstance(tracer, NoOpTracer)
-        # Metric children by label values: ``labels()`` costs more than the increment, and
         # ``on_changes`` runs for every write, ``on_applied`` and ``on_peer`` for every batch.
-        self._created = _Children(metrics.tickets_created_total)  # by queue
-        self._transitions = _Children(metrics.transitions_total)  # by (from, to)
-        self._lag = _Children(metrics.replication_lag_seconds)  # by origin
-        self._applied = _Children(metrics.replication_applied_total)  # by origin
-        self._batches = _Children(metrics.replication_batches_total)  # by peer
-        self._connected = _Children(metrics.replication_peer_connected)  # by peer
+        self._created = Children(metrics.tickets_created_total)  # by queue
+        self._transitions = Children(metrics.transitions_total)  # by (from, to)
+        self._lag = Children(metrics.replication_lag_seconds)  # by origin
+        self._applied = Children(metrics.replication_applied_total)  # by origin
+        self._batches = Children(metrics.replication_batches_total)  # by peer
+        self._connected = Children(metrics.replication_peer_connected)  # by peer
 
     # ----- RPCs --------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context, attach, detach
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from ops.metrics import Metrics
+from ops.metrics import Children, Metrics
 from ops.tracing import ATTR_REGION, extract_context
 
 _CODE_NAMES: dict[Any, str] = {code: code.name for code in grpc.StatusCode}
@@ -50,7 +50,7 @@ _TRACE_KEYS = ("traceparent", "tracestate")
 class _Method:
     """What is known of a method before any call: names, attributes, metric children."""
 
-    __slots__ = ("_counters", "_metrics", "attributes", "duration", "method", "name", "service")
+    __slots__ = ("_counters", "attributes", "duration", "method", "name", "service")
 
     def __init__(self, full_method: str, metrics: Metrics, region: str) -> None:
         self.name = full_method.lstrip("/")
@@ -61,15 +61,10 @@ class _Method:
             ATTR_REGION: region,
         }
         self.duration = metrics.rpc_duration_seconds.labels(self.service, self.method)
-        self._metrics = metrics
-        self._counters: dict[str, Any] = {}
+        self._counters = Children(metrics.rpc_requests_total)  # by (service, method, code)
 
     def record(self, code: str, seconds: float, span: Span) -> None:
-        counter = self._counters.get(code)
-        if counter is None:
-            counter = self._metrics.rpc_requests_total.labels(self.service, self.method, code)
-            self._counters[code] = counter
-        counter.inc()
+        self._counters[self.service, self.method, code].inc()
         self.duration.observe(seconds)
         span.set_attribute("rpc.response.status_code", code)
         if code != "OK":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -50,6 +51,20 @@ ACK_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
 
 LEASE_STATES = ("alive", "expiring", "lost")
 TIERS = ("bronze", "silver", "gold", "platinum")  # node.tickets.Tier
+
+
+class Children(dict[Any, Any]):
+    """A metric's children by label values (one value, or a tuple of them in the metric's
+    label order), each made by ``labels()`` on first use only: on paths that run for
+    every call or batch, ``labels()`` costs more than the increment itself."""
+
+    def __init__(self, metric: Any) -> None:
+        super().__init__()
+        self._metric = metric
+
+    def __missing__(self, key: Any) -> Any:
+        child = self[key] = self._metric.labels(*(key if isinstance(key, tuple) else (key,)))
+        return child
 
 
 class Metrics:

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.metrics import Metrics
+from ops.metrics import Children, Metrics
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -93,6 +93,33 @@ def test_each_node_has_its_own_registry() -> None:
     assert value(a, "sundesk_comments_total") == 1
     assert value(b, "sundesk_comments_total") == 0
     assert value(b, "sundesk_node_info", region="japan") == 1
+
+
+def test_children_are_made_once_per_label_values_in_label_order() -> None:
+    m = Metrics("de")
+    made: list[tuple[str, ...]] = []
+    labels = m.rpc_requests_total.labels
+
+    class Spy:
+        def labels(self, *values: str) -> object:
+            made.append(values)
+            return labels(*values)
+
+    counters = Children(Spy())
+    counters["sundesk.v1.Desk", "CreateTicket", "OK"].inc()
+    counters["sundesk.v1.Desk", "CreateTicket", "OK"].inc()
+    counters["sundesk.v1.Desk", "CreateTicket", "NOT_FOUND"].inc()
+    assert made == [
+        ("sundesk.v1.Desk", "CreateTicket", "OK"),
+        ("sundesk.v1.Desk", "CreateTicket", "NOT_FOUND"),
+    ]
+    ok = {"service": "sundesk.v1.Desk", "method": "CreateTicket", "code": "OK"}
+    assert value(m, "sundesk_rpc_requests_total", **ok) == 2
+    # A single label value is its own key, not a one-element tuple.
+    queues = Children(m.tickets_created_total)
+    queues["velizy"].inc()
+    assert queues["velizy"] is queues["velizy"]
+    assert value(m, "sundesk_tickets_created_total", queue="velizy") == 1
 
 
 def test_queue_owner_replaces_the_previous_owner() -> None:
