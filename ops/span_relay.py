@@ -79,7 +79,8 @@ def _own(span: ReadableSpan, private: str, public: str) -> Any:
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
-    """One batch as JSON; resources and scopes are written once per batch."""
+    """One batch as JSON; resources and scopes are written once per batch. The spans are
+    SDK ``ReadableSpan``s or ``ops.spans.RecordSpan``s, which have the same fields."""
     resources: list[Mapping[str, Any]] = []
     resource_index: dict[int, int] = {}
     rows = []
@@ -158,7 +159,12 @@ def read_frame(inp: IO[bytes]) -> bytes | None:
 
 
 class RelayExporter(SpanExporter):
-    """The node's span exporter: encoding and OTLP export happen in a child process."""
+    """The node's span exporter: encoding and OTLP export happen in a child process.
+
+    It takes ``ops.spans.RecordSpan`` batches as they are (``encode_spans`` reads the same
+    fields from them as from SDK spans), so the node never builds ``ReadableSpan``s."""
+
+    accepts_records = True
 
     def __init__(self, endpoint: str, timeout_s: float) -> None:
         self._cmd = [

@@ -1,0 +1,181 @@
+"""The node's record tracer, checked against what the SDK's tracer would have exported."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
+
+from ops.span_relay import decode_spans, encode_spans
+from ops.spans import RecordSpan, RecordTracerProvider
+
+RESOURCE = Resource.create({"service.name": "sundesk-node", "sundesk.region": "velizy"})
+
+
+def provider() -> tuple[RecordTracerProvider, InMemorySpanExporter]:
+    memory = InMemorySpanExporter()
+    return RecordTracerProvider(memory, RESOURCE, delay_s=60.0), memory
+
+
+def finished(p: RecordTracerProvider, memory: InMemorySpanExporter) -> dict[str, ReadableSpan]:
+    assert p.force_flush(5.0)
+    return {s.name: s for s in memory.get_finished_spans()}
+
+
+def remote(flags: int, state: TraceState | None = None) -> Context:
+    parent = SpanContext(
+        0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(flags), trace_state=state
+    )
+    return trace.set_span_in_context(NonRecordingSpan(parent), Context())
+
+
+def test_a_root_is_sampled_and_a_child_joins_its_parents_trace() -> None:
+    p, memory = provider()
+    tracer = p.get_tracer("sundesk")
+    root = tracer.start_span("root", context=Context(), kind=SpanKind.SERVER, attributes={"a": 1})
+    child = tracer.start_span("child", context=trace.set_span_in_context(root))
+    child_end = 2_000_000_000_000_000_000
+    child.end(end_time=child_end)
+    root.end()
+    spans = finished(p, memory)
+    r, c = spans["root"], spans["child"]
+    assert r.context.trace_flags.sampled and r.parent is None and r.kind is SpanKind.SERVER
+    assert c.context.trace_id == r.context.trace_id and c.context.span_id != r.context.span_id
+    assert c.parent is not None and c.parent.span_id == r.context.span_id
+    assert c.end_time == child_end
+    assert r.resource.attributes["sundesk.region"] == "velizy"
+    assert r.instrumentation_scope is not None and r.instrumentation_scope.name == "sundesk"
+    assert dict(r.attributes or {}) == {"a": 1}
+
+
+def test_an_unsampled_parent_gives_a_non_recording_span_in_its_trace() -> None:
+    p, memory = provider()
+    span = p.get_tracer("sundesk").start_span("quiet", context=remote(0))
+    assert not span.is_recording()
+    ctx = span.get_span_context()
+    assert ctx.trace_id == 0xABC and not ctx.trace_flags.sampled and ctx.span_id != 0xDEF
+    span.end()
+    assert finished(p, memory) == {}
+
+
+def test_a_sampled_remote_parent_passes_on_its_trace_state() -> None:
+    p, memory = provider()
+    state = TraceState([("vendor", "x")])
+    p.get_tracer("sundesk").start_span("joined", context=remote(1, state)).end()
+    span = finished(p, memory)["joined"]
+    assert span.context.trace_state == state
+    assert span.parent is not None and span.parent.is_remote and span.parent.span_id == 0xDEF
+
+
+def test_an_ended_span_ignores_changes_and_ok_is_final() -> None:
+    p, memory = provider()
+    span = p.get_tracer("sundesk").start_span("s", attributes={"gone": None, "kept": "x"})
+    span.set_status(Status(StatusCode.OK))
+    span.set_status(StatusCode.ERROR, "too late: OK is final")
+    span.add_link(SpanContext(0, 0, False))  # invalid: dropped
+    span.add_link(SpanContext(5, 6, False), {"why": "linked"})
+    span.end(end_time=10)
+    span.set_attribute("after", 1)
+    span.update_name("renamed")
+    span.end(end_time=20)
+    assert not span.is_recording()
+    s = finished(p, memory)["s"]
+    assert s.status.status_code is StatusCode.OK
+    assert dict(s.attributes or {}) == {"kept": "x"}
+    assert [(k.context.span_id, dict(k.attributes or {})) for k in s.links] == [
+        (6, {"why": "linked"})
+    ]
+    assert s.end_time == 10
+    assert len(memory.get_finished_spans()) == 1
+
+
+def test_start_as_current_span_records_an_escaping_exception() -> None:
+    p, memory = provider()
+    tracer = p.get_tracer("sundesk")
+    with pytest.raises(ValueError), tracer.start_as_current_span("failing") as span:
+        assert trace.get_current_span() is span
+        raise ValueError("bad queue")
+    assert trace.get_current_span() is not span
+    s = finished(p, memory)["failing"]
+    assert s.status.status_code is StatusCode.ERROR
+    (event,) = s.events
+    assert event.name == "exception"
+    attrs = dict(event.attributes or {})
+    assert attrs["exception.type"] == "ValueError"
+    assert attrs["exception.message"] == "bad queue"
+    assert "Traceback" in str(attrs["exception.stacktrace"])
+
+
+class _Records(SpanExporter):
+    accepts_records = True
+
+    def __init__(self) -> None:
+        self.batches: list[Sequence[object]] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.batches.append(list(spans))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_records_go_to_the_relay_encoder_as_they_are_and_decode_to_the_same_spans() -> None:
+    records = _Records()
+    p = RecordTracerProvider(records, RESOURCE, delay_s=60.0)
+    tracer = p.get_tracer("sundesk", "1.0")
+    span = tracer.start_span(
+        "store.commit",
+        links=[Link(SpanContext(7, 8, False), {"n": 2})],
+        attributes={"sizes": (1, 2)},
+        start_time=100,
+    )
+    span.add_event("fsync", {"ms": 0.5}, timestamp=150)
+    span.set_status(StatusCode.ERROR, "disk")
+    span.end(end_time=200)
+    assert p.force_flush(5.0)
+    (batch,) = records.batches
+    assert all(isinstance(s, RecordSpan) for s in batch)
+    (back,) = decode_spans(encode_spans(batch))  # type: ignore[arg-type]
+    assert back.name == "store.commit" and (back.start_time, back.end_time) == (100, 200)
+    assert back.context == span.get_span_context()
+    assert list(dict(back.attributes or {})["sizes"]) == [1, 2]
+    assert [(e.name, e.timestamp) for e in back.events] == [("fsync", 150)]
+    assert back.links[0].context.span_id == 8
+    assert back.status.status_code is StatusCode.ERROR and back.status.description == "disk"
+    assert back.instrumentation_scope is not None and back.instrumentation_scope.version == "1.0"
+    assert back.resource.attributes["sundesk.region"] == "velizy"
+
+
+def test_a_full_queue_drops_new_spans_and_counts_them_and_shutdown_exports_the_rest() -> None:
+    records = _Records()
+    p = RecordTracerProvider(records, RESOURCE, delay_s=60.0, max_queue=3, max_batch=2)
+    queue = p.queue
+    tracer = p.get_tracer("sundesk")
+    spans = [tracer.start_span(f"s{i}") for i in range(5)]
+    for s in spans:
+        s.end()
+    # A full batch (2) wakes the export thread, so between 3 and 5 spans get through.
+    p.shutdown(5.0)
+    exported = [s.name for b in records.batches for s in b]  # type: ignore[attr-defined]
+    assert len(exported) + queue.dropped == 5
+    assert exported == [f"s{i}" for i in range(len(exported))]
+    assert all(len(b) <= 2 for b in records.batches)
+    tracer.start_span("after shutdown").end()
+    assert queue.dropped == 5 - len(exported) + 1
