@@ -31,7 +31,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    Link,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
 log = logging.getLogger("sundesk.tracing")
 
@@ -44,17 +52,25 @@ OK, FAILED = b"\x01", b"\x00"
 
 def _ctx(c: SpanContext | None) -> list[Any] | None:
     # Trace ids are 128-bit, beyond JSON integers in orjson: hex, as in ``traceparent``.
+    # A trace state, when there is one, travels as its W3C ``tracestate`` header.
     if c is None:
         return None
-    return [f"{c.trace_id:032x}", f"{c.span_id:016x}", int(c.trace_flags), c.is_remote]
+    row = [f"{c.trace_id:032x}", f"{c.span_id:016x}", int(c.trace_flags), c.is_remote]
+    if c.trace_state:
+        row.append(c.trace_state.to_header())
+    return row
 
 
 def _unctx(v: list[Any] | None) -> SpanContext | None:
     if v is None:
         return None
-    trace_id, span_id, flags, remote = v
+    trace_id, span_id, flags, remote, *state = v
     return SpanContext(
-        int(trace_id, 16), int(span_id, 16), is_remote=remote, trace_flags=TraceFlags(flags)
+        int(trace_id, 16),
+        int(span_id, 16),
+        is_remote=remote,
+        trace_flags=TraceFlags(flags),
+        trace_state=TraceState.from_header(state) if state else None,
     )
 
 
@@ -78,9 +94,43 @@ def _own(span: ReadableSpan, private: str, public: str) -> Any:
     return _attrs(value) if isinstance(value, Mapping) else value
 
 
+def span_row(
+    name: str,
+    context: SpanContext | None,
+    parent: SpanContext | None,
+    resource: int,
+    attributes: Mapping[str, Any],
+    events: Sequence[Event],
+    links: Sequence[Link],
+    kind: SpanKind,
+    scope: list[Any] | None,
+    status: Status,
+    start: int | None,
+    end: int | None,
+) -> list[Any]:
+    """One span as a JSON-ready row; ``resource`` indexes the batch's resources."""
+    return [
+        name,
+        _ctx(context),
+        _ctx(parent),
+        resource,
+        attributes,
+        [[e.name, _attrs(e.attributes), e.timestamp] for e in events],
+        [[_ctx(k.context), _attrs(k.attributes)] for k in links],
+        kind.value,
+        scope,
+        [status.status_code.value, status.description],
+        start,
+        end,
+    ]
+
+
+def encode_rows(resources: Sequence[Mapping[str, Any]], rows: Sequence[list[Any]]) -> bytes:
+    return orjson.dumps({"resources": resources, "spans": rows}, default=str)
+
+
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
-    """One batch as JSON; resources and scopes are written once per batch. The spans are
-    SDK ``ReadableSpan``s or ``ops.spans.RecordSpan``s, which have the same fields."""
+    """One batch of SDK spans as JSON; resources are written once per batch."""
     resources: list[Mapping[str, Any]] = []
     resource_index: dict[int, int] = {}
     rows = []
@@ -90,32 +140,30 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
             resource_index[key] = len(resources)
             resources.append(_attrs(s.resource.attributes))
         scope = s.instrumentation_scope
-        status = s.status
         rows.append(
-            [
+            span_row(
                 s.name,
-                _ctx(s.context),
-                _ctx(s.parent),
+                s.context,
+                s.parent,
                 resource_index[key],
                 _own(s, "_attributes", "attributes"),
-                [[e.name, _attrs(e.attributes), e.timestamp] for e in _own(s, "_events", "events")],
-                [[_ctx(k.context), _attrs(k.attributes)] for k in _own(s, "_links", "links")],
-                s.kind.value,
+                _own(s, "_events", "events"),
+                _own(s, "_links", "links"),
+                s.kind,
                 [scope.name, scope.version] if scope is not None else None,
-                [status.status_code.value, status.description],
+                s.status,
                 s.start_time,
                 s.end_time,
-            ]
+            )
         )
-    return orjson.dumps({"resources": resources, "spans": rows}, default=str)
+    return encode_rows(resources, rows)
 
 
-def decode_spans(data: bytes) -> list[ReadableSpan]:
-    batch = orjson.loads(data)
-    resources = [Resource(attrs) for attrs in batch["resources"]]
+def decode_rows(resources: Sequence[Resource], rows: Sequence[list[Any]]) -> list[ReadableSpan]:
+    """SDK spans from rows (``span_row``), ``resources`` being the batch's, built."""
     scopes: dict[tuple[str, str | None], InstrumentationScope] = {}
     spans = []
-    for row in batch["spans"]:
+    for row in rows:
         name, ctx, parent, res, attrs, events, links, kind, scope, status, start, end = row
         found = None
         if scope is not None:
@@ -141,6 +189,11 @@ def decode_spans(data: bytes) -> list[ReadableSpan]:
     return spans
 
 
+def decode_spans(data: bytes) -> list[ReadableSpan]:
+    batch = orjson.loads(data)
+    return decode_rows([Resource(attrs) for attrs in batch["resources"]], batch["spans"])
+
+
 # ----- pipes ------------------------------------------------------------------------------
 
 
@@ -161,10 +214,9 @@ def read_frame(inp: IO[bytes]) -> bytes | None:
 class RelayExporter(SpanExporter):
     """The node's span exporter: encoding and OTLP export happen in a child process.
 
-    It takes ``ops.spans.RecordSpan`` batches as they are (``encode_spans`` reads the same
-    fields from them as from SDK spans), so the node never builds ``ReadableSpan``s."""
-
-    accepts_records = True
+    ``export_encoded`` takes a batch already encoded: ``ops.spans`` turns each span into
+    its row when it ends, so the node never builds ``ReadableSpan``s and its export thread
+    only joins rows (one ``orjson`` call) and writes them to the pipe."""
 
     def __init__(self, endpoint: str, timeout_s: float) -> None:
         self._cmd = [
@@ -182,7 +234,9 @@ class RelayExporter(SpanExporter):
         return self._proc
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        payload = encode_spans(spans)
+        return self.export_encoded(encode_spans(spans), len(spans))
+
+    def export_encoded(self, payload: bytes, count: int) -> SpanExportResult:
         with self._lock:
             try:
                 proc = self._relay()
@@ -190,11 +244,11 @@ class RelayExporter(SpanExporter):
                 write_frame(proc.stdin, payload)
                 answer = read_frame(proc.stdout)
             except OSError as exc:
-                log.warning("span relay failed (%s); %d spans dropped", exc, len(spans))
+                log.warning("span relay failed (%s); %d spans dropped", exc, count)
                 self._stop()
                 return SpanExportResult.FAILURE
         if answer is None:
-            log.warning("span relay exited; %d spans dropped", len(spans))
+            log.warning("span relay exited; %d spans dropped", count)
             self._stop()
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS if answer == OK else SpanExportResult.FAILURE

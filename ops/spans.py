@@ -17,9 +17,10 @@ final; ``record_exception`` writes the conventional ``exception`` event;
 Not kept: span limits (our spans carry a handful of attributes and at most
 ``node.observe.MAX_LINKS`` links) and span processors other than the exporter.
 
-Exporters still see SDK ``ReadableSpan`` objects, so any ``SpanExporter`` works
-(``InMemorySpanExporter`` in tests). The relay exporter (``ops.span_relay``) takes the
-records as they are: its JSON encoder reads the same fields from either.
+A span becomes its JSON-ready row (``ops.span_relay.span_row``) when it ends. The relay
+exporter (``ops.span_relay``) takes a batch of rows encoded as they are; any other
+``SpanExporter`` (``InMemorySpanExporter`` in tests) gets SDK ``ReadableSpan``s rebuilt
+from the rows, as the relay rebuilds them on its side.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import Event
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
@@ -51,6 +52,8 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util import types
 
+from ops.span_relay import decode_rows, encode_rows, span_row
+
 log = logging.getLogger("sundesk.tracing")
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -62,24 +65,19 @@ MAX_BATCH = 512  # spans per export call
 
 
 class RecordSpan(trace.Span):
-    """A recording span: its fields, and the queue it goes to when it ends.
-
-    The attribute names are those ``ops.span_relay.encode_spans`` reads from an SDK
-    ``ReadableSpan`` (``_attributes``, ``_events``, ``_links`` included), so a batch of
-    records is encoded without being converted first."""
+    """A recording span: its fields, and the queue its row goes to when it ends."""
 
     __slots__ = (
         "_attributes",
         "_events",
         "_links",
         "_queue",
+        "_scope",
         "context",
         "end_time",
-        "instrumentation_scope",
         "kind",
         "name",
         "parent",
-        "resource",
         "start_time",
         "status",
     )
@@ -95,13 +93,12 @@ class RecordSpan(trace.Span):
         links: Sequence[Link] | None,
         start_time: int | None,
     ) -> None:
-        self._queue = queue = tracer.queue
+        self._queue = tracer.queue
         self.name = name
         self.context = context
         self.parent = parent
         self.kind = kind
-        self.resource = queue.resource
-        self.instrumentation_scope = tracer.scope
+        self._scope = tracer.scope_row
         self._attributes: dict[str, Any] = (
             {k: v for k, v in attributes.items() if v is not None} if attributes else {}
         )
@@ -176,32 +173,37 @@ class RecordSpan(trace.Span):
         if self.end_time is not None:
             return
         self.end_time = end_time if end_time is not None else time.time_ns()
-        self._queue.put(self)
-
-    # ----- for exporters -------------------------------------------------------------------
-
-    def readable(self) -> ReadableSpan:
-        return ReadableSpan(
-            self.name,
-            context=self.context,
-            parent=self.parent,
-            resource=self.resource,
-            attributes=self._attributes,
-            events=self._events,
-            links=self._links,
-            kind=self.kind,
-            status=self.status,
-            start_time=self.start_time,
-            end_time=self.end_time,
-            instrumentation_scope=self.instrumentation_scope,
+        # The row is made here, on the thread that ended the span, so that the export
+        # thread holds the GIL only briefly (see SpanQueue).
+        self._queue.put(
+            span_row(
+                self.name,
+                self.context,
+                self.parent,
+                0,
+                self._attributes,
+                self._events,
+                self._links,
+                self.kind,
+                self._scope,
+                self.status,
+                self.start_time,
+                self.end_time,
+            )
         )
 
 
 class SpanQueue:
-    """Ended spans on their way to the exporter, which runs on this queue's own thread.
+    """Ended spans, as rows, on their way to the exporter, which runs on this queue's own
+    thread.
 
     The node's threads only append to a deque (atomic in CPython); the export thread
-    wakes every ``delay_s``, or as soon as a full batch is waiting."""
+    wakes every ``delay_s``, or as soon as a full batch is waiting. Rows are made when a
+    span ends, so that what this thread does under the GIL is one ``orjson`` call per
+    batch: a Python thread busy while the event loop waits on I/O can keep the GIL for up
+    to the switch interval (5 ms). Side by side in one run, encoding on this thread
+    instead made no difference to ``bench.observability`` that the machine's noise let
+    show; the rows also let the relay and in-process exporters share one decoder."""
 
     def __init__(
         self,
@@ -213,13 +215,15 @@ class SpanQueue:
         max_batch: int = MAX_BATCH,
     ) -> None:
         self.resource = resource
+        self._resources = [resource]
+        self._resource_rows = [dict(resource.attributes)]
         self._exporter = exporter
-        # An exporter that takes records as they are says so (``ops.span_relay``).
-        self._records = bool(getattr(exporter, "accepts_records", False))
+        # The relay exporter takes a batch already encoded; any other is given SDK spans.
+        self._encoded = getattr(exporter, "export_encoded", None)
         self._delay_s = delay_s
         self._max_queue = max_queue
         self._max_batch = max_batch
-        self._spans: deque[RecordSpan] = deque()
+        self._spans: deque[list[Any]] = deque()
         self._wake = threading.Event()
         self._export_lock = threading.Lock()  # the export thread and force_flush
         self._stopped = False
@@ -227,7 +231,7 @@ class SpanQueue:
         self._thread = threading.Thread(target=self._run, name="sundesk-spans", daemon=True)
         self._thread.start()
 
-    def put(self, span: RecordSpan) -> None:
+    def put(self, span: list[Any]) -> None:
         spans = self._spans
         if len(spans) >= self._max_queue or self._stopped:
             self.dropped += 1
@@ -248,10 +252,10 @@ class SpanQueue:
         while spans:
             batch = [spans.popleft() for _ in range(min(len(spans), self._max_batch))]
             try:
-                if self._records:
-                    self._exporter.export(batch)  # type: ignore[arg-type]
+                if self._encoded is not None:
+                    self._encoded(encode_rows(self._resource_rows, batch), len(batch))
                 else:
-                    self._exporter.export([s.readable() for s in batch])
+                    self._exporter.export(decode_rows(self._resources, batch))
             except Exception:  # a failing exporter must not end the export thread
                 log.exception("exporting %d spans failed", len(batch))
 
@@ -278,7 +282,7 @@ class SpanQueue:
 class RecordTracer(trace.Tracer):
     def __init__(self, queue: SpanQueue, scope: InstrumentationScope) -> None:
         self.queue = queue
-        self.scope = scope
+        self.scope_row = [scope.name, scope.version]
 
     def start_span(
         self,

@@ -22,8 +22,8 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from ops.span_relay import decode_spans, encode_spans
-from ops.spans import RecordSpan, RecordTracerProvider
+from ops.span_relay import decode_spans
+from ops.spans import RecordTracerProvider
 
 RESOURCE = Resource.create({"service.name": "sundesk-node", "sundesk.region": "velizy"})
 
@@ -122,26 +122,33 @@ def test_start_as_current_span_records_an_escaping_exception() -> None:
     assert "Traceback" in str(attrs["exception.stacktrace"])
 
 
-class _Records(SpanExporter):
-    accepts_records = True
+class _Encoded(SpanExporter):
+    """Takes batches already encoded, as the relay exporter does."""
 
     def __init__(self) -> None:
-        self.batches: list[Sequence[object]] = []
+        self.batches: list[list[ReadableSpan]] = []
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.batches.append(list(spans))
+        raise AssertionError("an exporter with export_encoded gets no SDK spans")
+
+    def export_encoded(self, payload: bytes, count: int) -> SpanExportResult:
+        spans = decode_spans(payload)
+        assert len(spans) == count
+        self.batches.append(spans)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
         pass
 
 
-def test_records_go_to_the_relay_encoder_as_they_are_and_decode_to_the_same_spans() -> None:
-    records = _Records()
-    p = RecordTracerProvider(records, RESOURCE, delay_s=60.0)
+def test_an_encoded_batch_decodes_to_the_spans_that_were_recorded() -> None:
+    encoded = _Encoded()
+    p = RecordTracerProvider(encoded, RESOURCE, delay_s=60.0)
     tracer = p.get_tracer("sundesk", "1.0")
+    state = TraceState([("vendor", "x")])
     span = tracer.start_span(
         "store.commit",
+        context=remote(1, state),
         links=[Link(SpanContext(7, 8, False), {"n": 2})],
         attributes={"sizes": (1, 2)},
         start_time=100,
@@ -150,22 +157,23 @@ def test_records_go_to_the_relay_encoder_as_they_are_and_decode_to_the_same_span
     span.set_status(StatusCode.ERROR, "disk")
     span.end(end_time=200)
     assert p.force_flush(5.0)
-    (batch,) = records.batches
-    assert all(isinstance(s, RecordSpan) for s in batch)
-    (back,) = decode_spans(encode_spans(batch))  # type: ignore[arg-type]
+    ((back,),) = encoded.batches
     assert back.name == "store.commit" and (back.start_time, back.end_time) == (100, 200)
     assert back.context == span.get_span_context()
+    assert back.context.trace_state == state
+    assert back.parent is not None and back.parent.trace_state == state and back.parent.is_remote
     assert list(dict(back.attributes or {})["sizes"]) == [1, 2]
     assert [(e.name, e.timestamp) for e in back.events] == [("fsync", 150)]
     assert back.links[0].context.span_id == 8
+    assert dict(back.links[0].attributes or {}) == {"n": 2}
     assert back.status.status_code is StatusCode.ERROR and back.status.description == "disk"
     assert back.instrumentation_scope is not None and back.instrumentation_scope.version == "1.0"
     assert back.resource.attributes["sundesk.region"] == "velizy"
 
 
 def test_a_full_queue_drops_new_spans_and_counts_them_and_shutdown_exports_the_rest() -> None:
-    records = _Records()
-    p = RecordTracerProvider(records, RESOURCE, delay_s=60.0, max_queue=3, max_batch=2)
+    encoded = _Encoded()
+    p = RecordTracerProvider(encoded, RESOURCE, delay_s=60.0, max_queue=3, max_batch=2)
     queue = p.queue
     tracer = p.get_tracer("sundesk")
     spans = [tracer.start_span(f"s{i}") for i in range(5)]
@@ -173,9 +181,9 @@ def test_a_full_queue_drops_new_spans_and_counts_them_and_shutdown_exports_the_r
         s.end()
     # A full batch (2) wakes the export thread, so between 3 and 5 spans get through.
     p.shutdown(5.0)
-    exported = [s.name for b in records.batches for s in b]  # type: ignore[attr-defined]
+    exported = [s.name for b in encoded.batches for s in b]
     assert len(exported) + queue.dropped == 5
     assert exported == [f"s{i}" for i in range(len(exported))]
-    assert all(len(b) <= 2 for b in records.batches)
+    assert all(len(b) <= 2 for b in encoded.batches)
     tracer.start_span("after shutdown").end()
     assert queue.dropped == 5 - len(exported) + 1
