@@ -1,12 +1,16 @@
 """CreateTicket throughput with tracing and metrics on against off, side by side.
 
-Three real node processes: one with observability on (RPC metrics and spans, store and
+Four real node processes: one with observability on (RPC metrics and spans, store and
 replication spans, exported over OTLP to the embedded collector), one with metrics only
-(no ``--otlp-endpoint``, so no spans), one started with ``--no-observability``. Rounds
-alternate between them in one run. The target is on against off; metrics only shows how
-the overhead divides between metrics and traces.
+(no ``--otlp-endpoint``, so no spans), and two started with ``--no-observability``: the
+second of those ("control") is the same configuration as "off", so its difference from
+"off" is what this machine's noise alone makes of two identical nodes. Rounds visit the
+nodes in alternating order (off, control, metrics, on, then back), and each round's
+overhead is taken against that round's "off": the figures are the median of those paired
+overheads and the overhead of the medians. The target is on against off; metrics only
+shows how the overhead divides between metrics and traces.
 
-Run: ``.venv/bin/python -m bench.observability [--seconds 5 --rounds 3]``.
+Run: ``.venv/bin/python -m bench.observability [--seconds 3 --rounds 10]``.
 """
 
 from __future__ import annotations
@@ -24,14 +28,16 @@ from bench.load import median
 from federation.config import load_config
 from ops.processes import ROOT, NodeProcess, free_ports, wait_for
 
+ORDER = ("off", "control", "metrics", "on")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--in-flight", type=int, default=64)
     args = parser.parse_args()
-    on_port, metrics_port, off_port, collector_port = free_ports(4)
+    on_port, metrics_port, off_port, control_port, collector_port = free_ports(5)
     with tempfile.TemporaryDirectory(prefix="sundesk-bench-") as tmp:
         base = Path(tmp)
         collector = subprocess.Popen(
@@ -54,6 +60,7 @@ def main() -> None:
             ("on", on_port, ["--otlp-endpoint", f"127.0.0.1:{collector_port}"]),
             ("metrics", metrics_port, []),
             ("off", off_port, ["--no-observability"]),
+            ("control", control_port, ["--no-observability"]),
         ):
             config = load_config(None).with_addresses({"velizy": f"127.0.0.1:{port}"})
             path = base / f"{name}.toml"
@@ -70,7 +77,8 @@ def main() -> None:
         cpu: dict[str, list[float]] = {name: [] for name in nodes}
         try:
             for r in range(args.rounds):
-                for name in ("off", "metrics", "on"):
+                order = ORDER if r % 2 == 0 else ORDER[::-1]
+                for name in order:
                     node = nodes[name]
                     result = asyncio.run(
                         measure(node.address, args.in_flight, args.seconds, node.pid)
@@ -83,12 +91,18 @@ def main() -> None:
                 node.terminate()
             collector.terminate()
             collector.wait(10)
-    on, off, metrics = median(rates["on"]), median(rates["off"]), median(rates["metrics"])
-    print(f"median with metrics only {metrics:.0f}/s: overhead {(1 - metrics / off) * 100:.1f}%")
-    print(
-        f"median with tracing+metrics {on:.0f}/s, without {off:.0f}/s: "
-        f"overhead {(1 - on / off) * 100:.1f}% (target <= 10%)"
-    )
+    off = median(rates["off"])
+    for name, what in (
+        ("control", "control (no observability, like off)"),
+        ("metrics", "metrics only"),
+        ("on", "tracing+metrics"),
+    ):
+        paired = median([1 - x / o for x, o in zip(rates[name], rates["off"], strict=True)])
+        print(
+            f"{what}: median {median(rates[name]):.0f}/s against off {off:.0f}/s, "
+            f"overhead {(1 - median(rates[name]) / off) * 100:.1f}% of medians, "
+            f"{paired * 100:.1f}% paired by round" + (" (target <= 10%)" if name == "on" else "")
+        )
     on_cpu, off_cpu = median(cpu["on"]), median(cpu["off"])
     print(
         f"median node CPU per call {on_cpu * 1e6:.0f} us with, {off_cpu * 1e6:.0f} us without "

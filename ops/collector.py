@@ -41,6 +41,10 @@ from ops.tracing import ATTR_REGION, ATTR_TICKET
 
 log = logging.getLogger("sundesk.collector")
 
+# Rows in arrival order (rowid), found by trace through a unique index: with the ids as
+# the table's own key (WITHOUT ROWID), each batch of random trace ids rewrote a random
+# leaf page of the whole table per span, and storing a span cost 35 µs instead of 20 at
+# 100,000 spans.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
     trace_id TEXT NOT NULL,
@@ -51,9 +55,9 @@ CREATE TABLE IF NOT EXISTS spans (
     ticket TEXT,
     start_ns INTEGER NOT NULL,
     end_ns INTEGER NOT NULL,
-    attributes TEXT NOT NULL,
-    PRIMARY KEY (trace_id, span_id)
-) WITHOUT ROWID;
+    attributes TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS spans_by_id ON spans (trace_id, span_id);
 CREATE INDEX IF NOT EXISTS spans_by_ticket ON spans (ticket, start_ns) WHERE ticket IS NOT NULL;
 """
 _STATUS_NAMES = {1: "OK", 2: "ERROR"}  # OTLP Status.code; UNSET is not recorded

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent import futures
 from pathlib import Path
 
+import grpc
+import orjson
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as otlp
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 
 from ops.collector import SpanStore, serve_collector
-from ops.span_relay import RelayExporter, decode_spans, encode_spans
+from ops.span_relay import OtlpSender, RelayExporter, decode_spans, encode_spans, otlp_request
 
 
 def some_spans() -> tuple[ReadableSpan, ...]:
@@ -42,6 +56,40 @@ def test_a_batch_crosses_the_pipe_into_the_same_otlp_request() -> None:
     assert otlp(back).SerializeToString() == otlp(spans).SerializeToString()
 
 
+def other_spans() -> tuple[ReadableSpan, ...]:
+    """Another resource and scope (no version), a remote parent with a trace state, every
+    attribute type, an event, a link to a remote span, a status with no message."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"sundesk.region": "japan", "n": 5}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("sundesk.apply")
+    remote = SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C,
+        0xB7AD6B7169203331,
+        is_remote=True,
+        trace_flags=TraceFlags(1),
+        trace_state=TraceState([("vendor", "x1"), ("other", "y")]),
+    )
+    attributes = {"neg": -7, "big": 2**40, "f": -0.25, "b": False, "s": "", "ints": (1, -2)}
+    with tracer.start_as_current_span(
+        "replication.apply",
+        context=set_span_in_context(NonRecordingSpan(remote)),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+        links=[Link(remote, {"why": "relayed"})],
+    ) as span:
+        span.add_event("", {"k": "v"})
+        span.set_status(Status(StatusCode.OK))
+    return memory.get_finished_spans()
+
+
+def test_the_relays_own_bytes_parse_to_the_sdk_encoders_request() -> None:
+    for spans in (some_spans(), other_spans(), some_spans() + other_spans()):
+        ours = ExportTraceServiceRequest.FromString(otlp_request(orjson.loads(encode_spans(spans))))
+        assert ours == otlp(spans)
+        assert ours.SerializeToString() == otlp(spans).SerializeToString()
+
+
 def test_the_relay_exports_to_a_real_receiver_and_is_replaced_when_it_dies(
     tmp_path: Path,
 ) -> None:
@@ -68,3 +116,44 @@ def test_the_relay_exports_to_a_real_receiver_and_is_replaced_when_it_dies(
         assert len(store.trace_ids_for_ticket("VEL-000001")) == 2  # one trace per batch
     finally:
         store.close()
+
+
+class _Refusing:
+    """An OTLP endpoint answering each Export with the next status of ``codes``."""
+
+    def __init__(self, codes: list[grpc.StatusCode]) -> None:
+        self.codes = codes
+        self.calls = 0
+
+    def export(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        code = self.codes[min(self.calls, len(self.codes) - 1)]
+        self.calls += 1
+        if code is not grpc.StatusCode.OK:
+            context.abort(code, "not now")
+        return b""
+
+
+def _serve(endpoint: _Refusing) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(endpoint.export)},
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def test_the_sender_retries_a_transient_refusal_and_gives_up_on_a_permanent_one() -> None:
+    transient = _Refusing([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK])
+    permanent = _Refusing([grpc.StatusCode.INVALID_ARGUMENT])
+    for endpoint, sent, calls in ((transient, True, 2), (permanent, False, 1)):
+        server, port = _serve(endpoint)
+        sender = OtlpSender(f"http://127.0.0.1:{port}", timeout_s=5)
+        try:
+            assert sender.send(otlp_request(orjson.loads(encode_spans(some_spans())))) is sent
+            assert endpoint.calls == calls
+        finally:
+            sender.close()
+            server.stop(None)
