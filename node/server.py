@@ -35,6 +35,7 @@ from node.contracts import load_contracts
 from node.contracts_wiring import build_contract_parts
 from node.desk_service import DeskService
 from node.errors import StorageError, SundeskError, Unavailable
+from node.group_pacing import DEFAULT_DELAY_S as DEFAULT_GROUP_DELAY_S
 from node.grpc_errors import wrap_errors
 from node.handlers import WrappingRegistrar, make_server
 from node.handoff_log import SqliteHandoffLog
@@ -98,6 +99,7 @@ class NodeOptions:
     limits: NodeLimits = field(default_factory=NodeLimits)
     telemetry_period: float = 2.0  # real seconds between heartbeat flushes / silence scans
     missed_heartbeats: int = DEFAULT_MISSED_HEARTBEATS  # intervals before "machine silent"
+    group_commit_delay_s: float = DEFAULT_GROUP_DELAY_S  # see node.group_pacing
 
 
 def server_options(limits: NodeLimits | None = None) -> list[tuple[str, int]]:
@@ -155,6 +157,7 @@ class Node:
             on_commit_spans=obs.on_commit_spans if self.options.observability else None,
             sign=trust.signer.sign if trust is not None else None,
             admit_remote=trust.admission(self.metrics) if trust is not None else None,
+            group_delay_s=self.options.group_commit_delay_s,
         )
         self.store.add_listener(self.hub.publish)
         self.store.add_listener(obs.on_changes)

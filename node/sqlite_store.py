@@ -1,8 +1,10 @@
 """SQLite implementation of ``TicketStore``: WAL mode, group commit, fsync before the reply.
 
 Writes are grouped: while one group's COMMIT (its fsync) runs, the writes that arrive
-queue up, and the next group takes them all — one fsync for the whole group. The callers'
-futures are resolved only once their group's COMMIT has returned.
+queue up, and the next group takes them all — one fsync for the whole group. With several
+writers at once, a group may also wait a few milliseconds for more of them
+(``node.group_pacing``). The callers' futures are resolved only once their group's COMMIT
+has returned.
 
 A group's statements run on the event loop's thread; only the COMMIT runs on the
 committer thread, where SQLite releases the GIL for the fsync. Running the Python work of
@@ -38,6 +40,7 @@ from federation.merge import ReplicatedTicket, apply_in_place, node_digest
 from federation.operations import TICKET_CREATE, Operation, canonical_json
 from node.clock import Clock
 from node.errors import InvalidArgument, NotFound, StorageError, SundeskError
+from node.group_pacing import DEFAULT_DELAY_S, GroupPacer
 from node.store import Build, Change, Page, TicketFilter
 from node.tickets import OPEN_STATES, State, TicketView
 
@@ -257,6 +260,7 @@ class SqliteTicketStore:
         on_commit_spans: Callable[[list[Mapping[str, str]], int, int, int], None] | None = None,
         sign: Callable[[Operation], Operation] | None = None,
         admit_remote: Callable[[Sequence[Operation]], list[Operation]] | None = None,
+        group_delay_s: float = DEFAULT_DELAY_S,
     ) -> None:
         self.region = region
         self.region_code = region_code
@@ -294,7 +298,10 @@ class SqliteTicketStore:
         self.want_views = False
         self._closed = False
         self._pending: list[_Job] = []  # waiting for the next group
-        self._busy = False  # a group is running or committing
+        self._busy = False  # a group is due, running or committing
+        self._pacer = GroupPacer(group_delay_s, MAX_GROUP)
+        self._timer: asyncio.TimerHandle | None = None  # a group due when the delay ends
+        self._urgent = False  # a waiting job must not wait for the pacer
         self._idle = asyncio.Event()
         self._idle.set()
         self._dirty_vv: set[str] = set()
@@ -413,16 +420,34 @@ class SqliteTicketStore:
         loop = asyncio.get_running_loop()
         job = _Job(future=loop.create_future(), **kw)
         self._pending.append(job)
+        if job.build is None:
+            # Replicated batches and records never wait for company: replication lag is
+            # measured from the origin's commit, and handoffs are few.
+            self._urgent = True
         if not self._busy:
-            # Start on the next turn of the loop: writes arriving meanwhile join the group.
             self._busy = True
             self._idle.clear()
+            self._schedule_group(loop)
+        elif self._timer is not None and (self._urgent or self._pacer.ready(len(self._pending))):
+            self._timer.cancel()
+            self._timer = None
             loop.call_soon(self._start_group)
         return job.future
 
+    def _schedule_group(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The store is free and writes wait: start a group on the next turn of the loop
+        (writes arriving meanwhile join it), or when the pacer's delay ends."""
+        if self._urgent or self._pacer.ready(len(self._pending)):
+            loop.call_soon(self._start_group)
+        else:
+            self._timer = loop.call_later(self._pacer.delay_s, self._start_group)
+
     def _start_group(self) -> None:
+        self._timer = None
         jobs = self._pending[:MAX_GROUP]
         del self._pending[:MAX_GROUP]
+        self._pacer.started(len(jobs))
+        self._urgent = any(job.build is None for job in self._pending)
         started = time.perf_counter()
         started_ns = time.time_ns()
         saved = (dict(self._vv), self._ticket_seq)
@@ -548,7 +573,7 @@ class SqliteTicketStore:
         self._deliver(jobs, results, dict(self._vv))
         if self._pending:
             # After the replies just released have gone out, not before them.
-            jobs[0].future.get_loop().call_soon(self._start_group)
+            self._schedule_group(jobs[0].future.get_loop())
         else:
             self._busy = False
             self._idle.set()

@@ -19,6 +19,7 @@ import grpc
 
 from node.clock import Clock, ScaledClock, SystemClock
 from node.errors import SundeskError
+from node.group_pacing import DEFAULT_DELAY_S
 from ops import (
     certs_cli,
     contracts_cli,
@@ -92,6 +93,12 @@ def _limits(args: argparse.Namespace) -> NodeLimits:
     )
 
 
+def _group_delay(ms: float) -> float:
+    if not 0 <= ms <= 1000:
+        raise SundeskError(f"--group-commit-delay-ms {ms:g} is out of range; use 0 to 1000")
+    return ms / 1000
+
+
 def cmd_node(args: argparse.Namespace) -> int:
     from federation.config import load_config
     from node.server import NodeOptions, run_node
@@ -117,6 +124,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         roster_path=Path(args.roster) if args.roster else None,
         trust=_trust(args, config.region(args.region).name),
         limits=_limits(args),
+        group_commit_delay_s=_group_delay(args.group_commit_delay_ms),
     )
     asyncio.run(run_node(config, options, _clock(args)))
     return 0
@@ -196,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure",
         action="store_true",
         help="plaintext, no tokens, unsigned operations: for tests only",
+    )
+    p.add_argument(
+        "--group-commit-delay-ms",
+        type=float,
+        default=DEFAULT_DELAY_S * 1000,
+        help="how long a commit group may wait for concurrent writers (0: never wait)",
     )
     p.add_argument("--write-rate", type=float, default=None, help="writes/s per caller")
     p.add_argument("--write-burst", type=int, default=None, help="write burst per caller")
