@@ -97,6 +97,8 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
     def __init__(self, metrics: Metrics, tracer: Tracer, region: str) -> None:
         self._metrics = metrics
         self._tracer = tracer
+        # Tracing off: a call without a caller's context has no span to record or carry.
+        self._untraced = isinstance(tracer, trace.NoOpTracer)
         self._region = region
         self._methods: dict[str, _Method] = {}
 
@@ -159,9 +161,12 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
 
     def _start(
         self, method: _Method, carrier: dict[str, str] | None, context: aio.ServicerContext
-    ) -> tuple[Span, Context]:
+    ) -> tuple[Span, Context | None]:
+        """The call's span and the context to make current (None: nothing to make current)."""
         if carrier is None:
             carrier = _carrier(context.invocation_metadata())
+        if not carrier and self._untraced:
+            return trace.INVALID_SPAN, None
         # Without a traceparent the parent is an empty context, never whatever context the
         # server task happened to inherit: each incoming call is then a root.
         parent = extract_context(carrier) if carrier else Context()
@@ -176,7 +181,7 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
         async def handler(request: Any, context: aio.ServicerContext) -> Any:
             start = time.perf_counter()
             span, ctx = self._start(method, carrier, context)
-            token = attach(ctx)
+            token = attach(ctx) if ctx is not None else None
             code = "UNKNOWN"
             try:
                 result = behavior(request, context)
@@ -196,7 +201,8 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
                 span.record_exception(exc)
                 raise
             finally:
-                detach(token)
+                if token is not None:
+                    detach(token)
                 method.record(code, time.perf_counter() - start, span)
 
         return handler
@@ -210,7 +216,8 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
         # finalize a dropped stream from another context, where detaching would fail.
         async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
             start = time.perf_counter()
-            span, ctx = self._start(method, carrier, context)
+            span, started = self._start(method, carrier, context)
+            ctx = started if started is not None else Context()
             code = "UNKNOWN"
             iterator: Any = None
             try:

@@ -115,8 +115,10 @@ def span_row(
     status: Status,
     start: int | None,
     end: int | None,
+    link_rows: Sequence[list[Any]] = (),
 ) -> list[Any]:
-    """One span as a JSON-ready row; ``resource`` indexes the batch's resources."""
+    """One span as a JSON-ready row; ``resource`` indexes the batch's resources.
+    ``link_rows`` are further links, already rows."""
     return [
         name,
         _ctx(context),
@@ -124,7 +126,7 @@ def span_row(
         resource,
         attributes,
         [[e.name, _attrs(e.attributes), e.timestamp] for e in events],
-        [[_ctx(k.context), _attrs(k.attributes)] for k in links],
+        [*([_ctx(k.context), _attrs(k.attributes)] for k in links), *link_rows],
         kind.value,
         scope,
         [status.status_code.value, status.description],

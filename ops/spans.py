@@ -70,6 +70,7 @@ class RecordSpan(trace.Span):
     __slots__ = (
         "_attributes",
         "_events",
+        "_link_rows",
         "_links",
         "_queue",
         "_scope",
@@ -104,6 +105,7 @@ class RecordSpan(trace.Span):
         )
         self._events: list[Event] = []
         self._links: list[Link] = [k for k in links if k.context.is_valid] if links else []
+        self._link_rows: list[list[Any]] = []
         self.status = _UNSET
         self.start_time = start_time if start_time is not None else time.time_ns()
         self.end_time: int | None = None
@@ -133,6 +135,12 @@ class RecordSpan(trace.Span):
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if self.end_time is None and context.is_valid:
             self._links.append(Link(context, attributes))
+
+    def add_link_rows(self, rows: Sequence[list[Any]]) -> None:
+        """Links already in the row form of ``ops.span_relay.span_row``'s links (see
+        ``ops.tracing.carried_link_row``)."""
+        if self.end_time is None:
+            self._link_rows.extend(rows)
 
     def update_name(self, name: str) -> None:
         if self.end_time is None:
@@ -189,6 +197,7 @@ class RecordSpan(trace.Span):
                 self.status,
                 self.start_time,
                 self.end_time,
+                self._link_rows,
             )
         )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -125,6 +126,25 @@ def extract_context(carrier: Mapping[str, str]) -> Context:
     if found is not None:
         return trace.set_span_in_context(trace.NonRecordingSpan(found), Context())
     return _PROPAGATOR.extract(carrier)
+
+
+def carried_link_row(carrier: Mapping[str, str]) -> list[Any] | None:
+    """``carrier``'s span context as a span row's link (``ops.span_relay``: hex ids, flags,
+    remote, no attributes), read from the traceparent text without making a
+    ``SpanContext``: a commit span links every write of its group. None when the carrier
+    is not the one shape this node writes; the caller then takes the general path."""
+    if len(carrier) != 1:
+        return None
+    header = carrier.get("traceparent")
+    if header is None or _TRACEPARENT.fullmatch(header) is None:
+        return None
+    trace_id, span_id = header[3:35], header[36:52]
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        return None
+    return [[trace_id, span_id, int(header[53:55], 16), True], {}]
+
+
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
 def _fast_context(carrier: Mapping[str, str]) -> SpanContext | None:

@@ -7,7 +7,13 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from ops.tracing import carried_span_context, extract_context, inject_context
+from ops.span_relay import _ctx
+from ops.tracing import (
+    carried_link_row,
+    carried_span_context,
+    extract_context,
+    inject_context,
+)
 
 W3C = TraceContextTextMapPropagator()
 TID, SID = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
@@ -17,24 +23,24 @@ def by_propagator(carrier: dict[str, str]) -> SpanContext:
     return trace.get_current_span(W3C.extract(carrier)).get_span_context()
 
 
-@pytest.mark.parametrize(
-    "carrier",
-    [
-        {"traceparent": f"00-{TID:032x}-{SID:016x}-01"},
-        {"traceparent": f"00-{TID:032x}-{SID:016x}-00"},
-        {"traceparent": f"00-{TID:032x}-{SID:016x}-01", "tracestate": "vendor=1"},
-        {"traceparent": f"00-{0:032x}-{SID:016x}-01"},  # all-zero trace id
-        {"traceparent": f"00-{TID:032x}-{0:016x}-01"},  # all-zero span id
-        {"traceparent": f"00-{TID:032X}-{SID:016x}-01"},  # upper case
-        {"traceparent": f"ff-{TID:032x}-{SID:016x}-01"},  # forbidden version
-        {"traceparent": f"01-{TID:032x}-{SID:016x}-01-extra"},  # a future version
-        {"traceparent": f"00-{TID:032x}-{SID:016x}-01 "},
-        {"traceparent": "00-0_f7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
-        {"traceparent": "garbage"},
-        {"other": "x"},
-        {},
-    ],
-)
+CARRIERS = [
+    {"traceparent": f"00-{TID:032x}-{SID:016x}-01"},
+    {"traceparent": f"00-{TID:032x}-{SID:016x}-00"},
+    {"traceparent": f"00-{TID:032x}-{SID:016x}-01", "tracestate": "vendor=1"},
+    {"traceparent": f"00-{0:032x}-{SID:016x}-01"},  # all-zero trace id
+    {"traceparent": f"00-{TID:032x}-{0:016x}-01"},  # all-zero span id
+    {"traceparent": f"00-{TID:032X}-{SID:016x}-01"},  # upper case
+    {"traceparent": f"ff-{TID:032x}-{SID:016x}-01"},  # forbidden version
+    {"traceparent": f"01-{TID:032x}-{SID:016x}-01-extra"},  # a future version
+    {"traceparent": f"00-{TID:032x}-{SID:016x}-01 "},
+    {"traceparent": "00-0_f7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    {"traceparent": "garbage"},
+    {"other": "x"},
+    {},
+]
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
 def test_extracting_agrees_with_the_propagator(carrier: dict[str, str]) -> None:
     expected = by_propagator(carrier)
     assert carried_span_context(carrier) == expected
@@ -57,3 +63,17 @@ def test_injecting_agrees_with_the_propagator(context: SpanContext) -> None:
     assert inject_context(span) == expected
     with trace.use_span(span):
         assert inject_context() == expected
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
+def test_link_rows_agree_with_the_propagator_or_defer_to_it(carrier: dict[str, str]) -> None:
+    row = carried_link_row(carrier)
+    expected = by_propagator(carrier)
+    # None sends the caller to carried_span_context, which agrees with the propagator.
+    if row is not None:
+        assert expected.is_valid and row == [_ctx(expected), {}]
+
+
+def test_our_own_traceparents_take_the_link_row_path() -> None:
+    for flags in ("00", "01"):
+        assert carried_link_row({"traceparent": f"00-{TID:032x}-{SID:016x}-{flags}"})
