@@ -108,6 +108,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         raise SundeskError(f"--telemetry-period {args.telemetry_period} must be positive")
     if not 1 <= args.missed_heartbeats <= 100:
         raise SundeskError(f"--missed-heartbeats {args.missed_heartbeats} must be 1 to 100")
+    group_delay_s = _group_delay(args.group_commit_delay_ms)
     options = NodeOptions(
         region=config.region(args.region).name,
         listen=args.listen,
@@ -124,7 +125,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         roster_path=Path(args.roster) if args.roster else None,
         trust=_trust(args, config.region(args.region).name),
         limits=_limits(args),
-        group_commit_delay_s=_group_delay(args.group_commit_delay_ms),
+        group_commit_delay_s=group_delay_s,
     )
     asyncio.run(run_node(config, options, _clock(args)))
     return 0

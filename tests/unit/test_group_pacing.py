@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from federation.operations import TICKET_CREATE, Operation
 from node import rules
 from node.clock import FakeClock
@@ -18,6 +20,7 @@ from node.group_pacing import GroupPacer
 from node.rules import NewTicket
 from node.sqlite_store import SqliteTicketStore
 from node.tickets import TicketView
+from ops import cli
 
 NEVER = 30.0  # a delay no test waits out: see the module docstring
 DEADLINE = 10.0
@@ -124,3 +127,16 @@ def test_lone_writes_and_replicated_batches_do_not_wait(tmp_path: Path) -> None:
 
     asyncio.run(run())
     assert batches == [1, 1, 1, 4, 1]
+
+
+def test_the_node_refuses_a_delay_out_of_range_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for bad in ("-1", "1001"):
+        assert (
+            cli.main(["node", "--region", "velizy", "--insecure", "--group-commit-delay-ms", bad])
+            != 0
+        )
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert "--group-commit-delay-ms" in err and "use 0 to 1000" in err
