@@ -115,9 +115,10 @@ class NodeObserver:
         # Links straight from the writes' traceparent text where it has our one shape:
         # parsing each into a SpanContext, to format it back for export, was most of this
         # span's cost.
+        as_rows = isinstance(span, RecordSpan)
         rows: list[list[Any]] = []
         for carrier in carriers[1 : MAX_LINKS + 1]:
-            row = carried_link_row(carrier) if isinstance(span, RecordSpan) else None
+            row = carried_link_row(carrier) if as_rows else None
             if row is not None:
                 rows.append(row)
             else:
