@@ -5,9 +5,13 @@ durable store (WAL, fsync before the reply), wired as a node wires it (metrics, 
 tracer, watch hub), and each reply is serialized. What the end-to-end benchmark cannot
 separate from grpc.aio's own cost and from a busy machine, this measures alone: CPU per
 call of the process, fsync included. With ``--baseline DIR`` another checkout (plus its
-generated ``sundesk/``) runs in alternating rounds, each round in a fresh process.
+generated ``sundesk/``) runs in alternating rounds, each round in a fresh process. With
+``--traced`` this checkout also runs traced: each call inside the RPC wrapper (metrics and
+span), commit spans, and spans encoded for export but then dropped: the node's own share
+of what tracing costs, without the relay and collector processes.
 
-Run: ``.venv/bin/python -m bench.write_path [--seconds 3 --rounds 5 --baseline DIR]``.
+Run: ``.venv/bin/python -m bench.write_path [--seconds 3 --rounds 5 --baseline DIR
+--traced]``.
 """
 
 from __future__ import annotations
@@ -26,12 +30,30 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def _drive(seconds: float, in_flight: int) -> tuple[int, float]:
+class _NullExporter:
+    """Takes encoded batches and drops them: the node's side of span export only."""
+
+    def export_encoded(self, payload: bytes, count: int) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def export(self, spans: Any) -> Any:
+        return self.export_encoded(b"", len(spans))
+
+    def shutdown(self) -> None:
+        pass
+
+
+async def _drive(seconds: float, in_flight: int, traced: bool) -> tuple[int, float]:
+    import grpc
+
     from node.clock import SystemClock
     from node.desk_service import DeskService
     from node.observe import NodeObserver
     from node.sqlite_store import SqliteTicketStore
     from node.watch import WatchHub
+    from ops.interceptors import ObservabilityInterceptor
     from ops.metrics import Metrics
     from ops.tracing import get_tracer, make_tracer_provider
     from sundesk.v1 import desk_pb2 as pb
@@ -40,12 +62,25 @@ async def _drive(seconds: float, in_flight: int) -> tuple[int, float]:
         def invocation_metadata(self) -> tuple[Any, ...]:
             return ()
 
+        def code(self) -> None:
+            return None
+
     with tempfile.TemporaryDirectory(prefix="sundesk-bench-") as tmp:
         clock = SystemClock()
         metrics = Metrics("velizy")
-        tracer = get_tracer(make_tracer_provider("velizy", otlp_endpoint=None))
+        provider = make_tracer_provider(
+            "velizy", otlp_endpoint=None, exporter=_NullExporter() if traced else None
+        )
+        tracer = get_tracer(provider)
         observer = NodeObserver("velizy", metrics, tracer, clock)
-        store = SqliteTicketStore(tmp, "velizy", "VEL", clock, on_commit=observer.on_commit)
+        store = SqliteTicketStore(
+            tmp,
+            "velizy",
+            "VEL",
+            clock,
+            on_commit=observer.on_commit,
+            on_commit_spans=observer.on_commit_spans if traced else None,
+        )
         hub = WatchHub()
         store.add_listener(hub.publish)
         store.add_listener(observer.on_changes)
@@ -58,6 +93,14 @@ async def _drive(seconds: float, in_flight: int) -> tuple[int, float]:
             tag_ticket=observer.tag_ticket,
         )
         context: Any = Context()
+        create: Any = desk.CreateTicket
+        if traced:
+            # As a node serves it: inside the RPC metrics and span wrapper.
+            wrapper = ObservabilityInterceptor(metrics, tracer, "velizy")
+            method = "/sundesk.v1.Desk/CreateTicket"
+            create = wrapper.wrap_handler(
+                method, grpc.unary_unary_rpc_method_handler(desk.CreateTicket)
+            ).unary_unary
         calls = 0
         stop_at = time.perf_counter() + seconds
 
@@ -67,7 +110,7 @@ async def _drive(seconds: float, in_flight: int) -> tuple[int, float]:
                 request = pb.CreateTicketRequest(
                     title=f"bench ticket {calls}", customer="bench", priority=3
                 )
-                reply = await desk.CreateTicket(request, context)
+                reply = await create(request, context)
                 reply.SerializeToString()
                 calls += 1
 
@@ -79,14 +122,15 @@ async def _drive(seconds: float, in_flight: int) -> tuple[int, float]:
     return calls, cpu
 
 
-def _child(seconds: float, in_flight: int) -> None:
-    calls, cpu = asyncio.run(_drive(seconds, in_flight))
+def _child(seconds: float, in_flight: int, traced: bool) -> None:
+    calls, cpu = asyncio.run(_drive(seconds, in_flight, traced))
     print(f"{calls} {cpu}")
 
 
-def _round(source: Path, seconds: float, in_flight: int) -> tuple[int, float]:
+def _round(source: Path, seconds: float, in_flight: int, traced: bool) -> tuple[int, float]:
+    child = ["--child", str(seconds), str(in_flight), "traced" if traced else "plain"]
     out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", str(seconds), str(in_flight)],
+        [sys.executable, str(Path(__file__).resolve()), *child],
         cwd=source,
         env={**os.environ, "PYTHONPATH": str(source)},
         capture_output=True,
@@ -98,23 +142,32 @@ def _round(source: Path, seconds: float, in_flight: int) -> tuple[int, float]:
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        _child(float(sys.argv[2]), int(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        _child(float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "traced")
         return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--baseline", type=Path, help="another checkout, measured alternately")
+    parser.add_argument(
+        "--traced",
+        action="store_true",
+        help="also measure this checkout with spans recorded (RPC wrapper, commit spans) "
+        "and exported to an exporter that drops them",
+    )
     args = parser.parse_args()
-    trees = {"this": ROOT}
+    trees: dict[str, tuple[Path, bool]] = {"this": (ROOT, False)}
     if args.baseline is not None:
-        trees["baseline"] = args.baseline.resolve()
+        trees["baseline"] = (args.baseline.resolve(), False)
+    if args.traced:
+        trees["traced"] = (ROOT, True)
     per_call: dict[str, list[float]] = {name: [] for name in trees}
     for r in range(args.rounds):
         order = list(trees) if r % 2 == 0 else list(reversed(trees))
         for name in order:
-            calls, cpu = _round(trees[name], args.seconds, args.in_flight)
+            source, traced = trees[name]
+            calls, cpu = _round(source, args.seconds, args.in_flight, traced)
             per_call[name].append(cpu / calls)
             print(
                 f"round {r + 1}: {name:8} {calls / args.seconds:7.0f} calls/s  "
@@ -123,8 +176,10 @@ def main() -> None:
     medians = {name: statistics.median(v) for name, v in per_call.items()}
     summary = ", ".join(f"{name} {m * 1e6:.0f} us" for name, m in medians.items())
     print(f"median CPU per CreateTicket without gRPC: {summary}", end="")
-    if "baseline" in medians:
-        print(f" ({(medians['this'] / medians['baseline'] - 1) * 100:+.0f}%)", end="")
+    for other in ("baseline", "traced"):
+        if other in medians:
+            change = (medians["this"] / medians[other] - 1) * 100
+            print(f" (this against {other}: {change:+.0f}%)", end="")
     print(f"; load average {os.getloadavg()[0]:.1f}")
 
 

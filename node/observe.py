@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from opentelemetry.trace import Link, NoOpTracer, SpanKind, Tracer, get_current_span
+from opentelemetry.trace import Link, NoOpTracer, Span, SpanKind, Tracer, get_current_span
 
 from federation.hlc import LOGICAL_BITS
 from federation.operations import TICKET_COMMENT, TICKET_CREATE, Operation
@@ -21,14 +21,14 @@ from node.clock import Clock
 from node.registry import REGISTRY_OP_KINDS
 from node.store import Change
 from ops.metrics import Children, Metrics
-from ops.spans import RecordSpan
+from ops.spans import RecordSpan, RecordTracer
 from ops.tracing import (
     ATTR_OP_ID,
     ATTR_ORIGIN,
     ATTR_QUEUE,
     ATTR_REGION,
     ATTR_TICKET,
-    carried_link_row,
+    carried_row,
     carried_span_context,
     extract_context,
     inject_context,
@@ -45,6 +45,7 @@ class NodeObserver:
         self._clock = clock
         # Without an exporter the tracer is a no-op: skip building spans per applied op.
         self._spans = not isinstance(tracer, NoOpTracer)
+        self._record = tracer if isinstance(tracer, RecordTracer) else None
         # ``on_changes`` runs for every write, ``on_applied`` and ``on_peer`` for every batch.
         self._created = Children(metrics.tickets_created_total)  # by queue
         self._transitions = Children(metrics.transitions_total)  # by (from, to)
@@ -53,26 +54,52 @@ class NodeObserver:
         self._batches = Children(metrics.replication_batches_total)  # by peer
         self._connected = Children(metrics.replication_peer_connected)  # by peer
 
+    def _under(
+        self,
+        carrier: Mapping[str, str],
+        name: str,
+        *,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: dict[str, Any],
+        start_time: int | None = None,
+    ) -> Span:
+        """A span in the trace ``carrier`` (not empty) holds: its traceparent taken as text
+        by the node's own tracer when it has our one shape, else through the propagator."""
+        if self._record is not None:
+            row = carried_row(carrier)
+            if row is not None:
+                return self._record.start_child(name, row, kind, attributes, start_time=start_time)
+        return self.tracer.start_span(
+            name,
+            context=extract_context(carrier),
+            kind=kind,
+            attributes=attributes,
+            start_time=start_time,
+        )
+
     # ----- RPCs --------------------------------------------------------------------------
 
     def trace_carrier(self) -> dict[str, str]:
         """The current span's context, stored in the operation the RPC writes."""
-        span = get_current_span()
-        return inject_context(span) if span.get_span_context().is_valid else {}
+        return inject_context()
 
     def change_carrier(self, ticket_trace: Mapping[str, str]) -> dict[str, str]:
         """Context for an operation on an existing ticket: a ``ticket.change`` span in the
         ticket's own trace (begun when it was created), linked to the current RPC. Every
         region's apply spans then join that one trace per ticket."""
-        rpc = get_current_span().get_span_context()
+        current = get_current_span()
+        rpc = current.get_span_context()
         if not rpc.is_valid:
             return {}
-        span = self.tracer.start_span(
-            "ticket.change",
-            context=extract_context(ticket_trace) if ticket_trace else None,
-            links=[Link(rpc)],
-            attributes={ATTR_REGION: self.region},
-        )
+        attributes = {ATTR_REGION: self.region}
+        if ticket_trace:
+            span = self._under(ticket_trace, "ticket.change", attributes=attributes)
+        else:
+            span = self.tracer.start_span("ticket.change", attributes=attributes)
+        if isinstance(current, RecordSpan) and isinstance(span, RecordSpan):
+            span.add_link_rows([[current.row, {}]])
+        else:
+            span.add_link(rpc)
         carrier = inject_context(span)
         span.end()
         return carrier
@@ -102,9 +129,9 @@ class NodeObserver:
         carriers = [c for c in traces if c]
         if not carriers:
             return
-        span = self.tracer.start_span(
+        span = self._under(
+            carriers[0],
             "store.commit",
-            context=extract_context(carriers[0]),
             start_time=start_ns,
             attributes={
                 ATTR_REGION: self.region,
@@ -112,22 +139,18 @@ class NodeObserver:
                 "sundesk.traced_writes": len(carriers),
             },
         )
-        # Links straight from the writes' traceparent text where it has our one shape:
-        # parsing each into a SpanContext, to format it back for export, was most of this
-        # span's cost.
-        as_rows = isinstance(span, RecordSpan)
-        rows: list[list[Any]] = []
-        for carrier in carriers[1 : MAX_LINKS + 1]:
-            row = carried_link_row(carrier) if as_rows else None
-            if row is not None:
-                rows.append(row)
-            else:
-                link = _link(carrier)
-                if link is not None:
-                    span.add_link(link.context)
-        if rows:
-            assert isinstance(span, RecordSpan)
-            span.add_link_rows(rows)
+        # The node's own spans take the writes' traceparent text as it is: it is read at
+        # export, in the relay process. Parsing each into ids here, even without making
+        # a SpanContext, was most of this span's cost.
+        linked = carriers[1 : MAX_LINKS + 1]
+        if isinstance(span, RecordSpan):
+            texts = [c["traceparent"] for c in linked if len(c) == 1 and "traceparent" in c]
+            span.add_link_rows([t for t in texts if isinstance(t, str)])
+            linked = [c for c in linked if len(c) != 1 or "traceparent" not in c]
+        for carrier in linked:
+            link = _link(carrier)
+            if link is not None:
+                span.add_link(link.context)
         span.end(end_time=end_ns)
 
     def on_skew(self, remote: int, local_ms: int) -> None:
@@ -177,9 +200,9 @@ class NodeObserver:
         self._batches[peer].inc()
 
     def _apply_span(self, peer: str, op: Operation, end_ns: int, lag: float) -> None:
-        span = self.tracer.start_span(
+        span = self._under(
+            op.trace_context,
             "replication.apply",
-            context=extract_context(op.trace_context),
             kind=SpanKind.CONSUMER,
             start_time=end_ns - int(lag * 1e9),
             attributes={

@@ -24,12 +24,12 @@ import signal
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
+import orjson
 from grpc import aio
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -64,8 +64,7 @@ _STATUS_NAMES = {1: "OK", 2: "ERROR"}  # OTLP Status.code; UNSET is not recorded
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class SpanRow:
+class SpanRow(NamedTuple):  # a tuple: made for every span received
     trace_id: str
     span_id: str
     parent_span_id: str | None
@@ -105,7 +104,7 @@ class SpanStore:
                 r.ticket,
                 r.start_ns,
                 r.end_ns,
-                json.dumps(r.attributes, sort_keys=True, separators=(",", ":")),
+                orjson.dumps(r.attributes, option=orjson.OPT_SORT_KEYS).decode(),
             )
             for r in rows
         ]
@@ -165,6 +164,8 @@ class SpanStore:
 
 def _value(value: AnyValue) -> Any:
     kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
     if kind is None:
         return None
     if kind == "array_value":

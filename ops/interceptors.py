@@ -40,11 +40,13 @@ from opentelemetry.context import Context, attach, detach
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from ops.metrics import Children, Metrics
-from ops.tracing import ATTR_REGION, extract_context
+from ops.spans import RecordTracer
+from ops.tracing import ATTR_REGION, carried_row, extract_context
 
 _CODE_NAMES: dict[Any, str] = {code: code.name for code in grpc.StatusCode}
 _CODE_NAMES.update({code.value[0]: code.name for code in grpc.StatusCode})
 _TRACE_KEYS = ("traceparent", "tracestate")
+_EMPTY = Context()
 
 
 class _Method:
@@ -99,6 +101,7 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
         self._tracer = tracer
         # Tracing off: a call without a caller's context has no span to record or carry.
         self._untraced = isinstance(tracer, trace.NoOpTracer)
+        self._record = tracer if isinstance(tracer, RecordTracer) else None
         self._region = region
         self._methods: dict[str, _Method] = {}
 
@@ -169,7 +172,15 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
             return trace.INVALID_SPAN, None
         # Without a traceparent the parent is an empty context, never whatever context the
         # server task happened to inherit: each incoming call is then a root.
-        parent = extract_context(carrier) if carrier else Context()
+        if self._record is not None:
+            # The node's own tracer takes the caller's traceparent as text, ids unparsed.
+            row = carried_row(carrier) if carrier else None
+            if row is not None or not carrier:
+                span = self._record.start_child(
+                    method.name, row, SpanKind.SERVER, method.attributes
+                )
+                return span, trace.set_span_in_context(span, _EMPTY)
+        parent = extract_context(carrier) if carrier else _EMPTY
         span = self._tracer.start_span(
             method.name, context=parent, kind=SpanKind.SERVER, attributes=method.attributes
         )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import struct
 import subprocess
 import sys
@@ -58,9 +59,10 @@ OK, FAILED = b"\x01", b"\x00"
 # ----- spans as JSON ----------------------------------------------------------------------
 
 
-def _ctx(c: SpanContext | None) -> list[Any] | None:
-    # Trace ids are 128-bit, beyond JSON integers in orjson: hex, as in ``traceparent``.
-    # A trace state, when there is one, travels as its W3C ``tracestate`` header.
+def context_row(c: SpanContext | None) -> list[Any] | None:
+    """A span context as a row: ``[trace id, span id, flags, remote]`` and, when there is
+    one, its trace state as a W3C ``tracestate`` header. Ids are hex, as in
+    ``traceparent``: 128-bit trace ids are beyond JSON integers in orjson."""
     if c is None:
         return None
     row = [f"{c.trace_id:032x}", f"{c.span_id:016x}", int(c.trace_flags), c.is_remote]
@@ -69,9 +71,40 @@ def _ctx(c: SpanContext | None) -> list[Any] | None:
     return row
 
 
-def _unctx(v: list[Any] | None) -> SpanContext | None:
-    if v is None:
+# The one traceparent shape this node writes (version 00, no tracestate), parsed here
+# directly; ``ops.tracing`` sends anything else through the W3C propagator.
+TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+
+
+def traceparent_row(header: str) -> list[Any] | None:
+    """The (remote) context row of a ``traceparent`` of that shape; None for any other
+    text, or for the all-zero ids, which are invalid."""
+    if TRACEPARENT.fullmatch(header) is None:
         return None
+    trace_id, span_id = header[3:35], header[36:52]
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        return None
+    return [trace_id, span_id, int(header[53:55], 16), True]
+
+
+def _link_rows(links: Sequence[Any]) -> list[tuple[list[Any], Mapping[str, Any]]]:
+    """A row's links as (context row, attributes): each is one already, or the
+    ``traceparent`` text of a link without attributes, read here, off the node's loop.
+    Text that is not a valid traceparent is no link."""
+    out: list[tuple[list[Any], Mapping[str, Any]]] = []
+    for link in links:
+        if isinstance(link, str):
+            row = traceparent_row(link)
+            if row is not None:
+                out.append((row, {}))
+        else:
+            out.append((link[0], link[1]))
+    return out
+
+
+def row_context(v: list[Any]) -> SpanContext:
+    """The span context a ``context_row`` describes."""
     trace_id, span_id, flags, remote, *state = v
     return SpanContext(
         int(trace_id, 16),
@@ -104,8 +137,8 @@ def _own(span: ReadableSpan, private: str, public: str) -> Any:
 
 def span_row(
     name: str,
-    context: SpanContext | None,
-    parent: SpanContext | None,
+    context: list[Any] | None,
+    parent: list[Any] | None,
     resource: int,
     attributes: Mapping[str, Any],
     events: Sequence[Event],
@@ -115,18 +148,21 @@ def span_row(
     status: Status,
     start: int | None,
     end: int | None,
-    link_rows: Sequence[list[Any]] = (),
+    link_rows: Sequence[list[Any] | str] = (),
 ) -> list[Any]:
     """One span as a JSON-ready row; ``resource`` indexes the batch's resources.
-    ``link_rows`` are further links, already rows."""
+    ``context`` and ``parent`` are rows (``context_row``); ``link_rows`` are further
+    links, each already a row or the ``traceparent`` text of one."""
     return [
         name,
-        _ctx(context),
-        _ctx(parent),
+        context,
+        parent,
         resource,
         attributes,
-        [[e.name, _attrs(e.attributes), e.timestamp] for e in events],
-        [*([_ctx(k.context), _attrs(k.attributes)] for k in links), *link_rows],
+        [[e.name, _attrs(e.attributes), e.timestamp] for e in events] if events else [],
+        [*([context_row(k.context), _attrs(k.attributes)] for k in links), *link_rows]
+        if links or link_rows
+        else [],
         kind.value,
         scope,
         [status.status_code.value, status.description],
@@ -153,8 +189,8 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
         rows.append(
             span_row(
                 s.name,
-                s.context,
-                s.parent,
+                context_row(s.context),
+                context_row(s.parent),
                 resource_index[key],
                 _own(s, "_attributes", "attributes"),
                 _own(s, "_events", "events"),
@@ -183,12 +219,12 @@ def decode_rows(resources: Sequence[Resource], rows: Sequence[list[Any]]) -> lis
         spans.append(
             ReadableSpan(
                 name,
-                context=_unctx(ctx),
-                parent=_unctx(parent),
+                context=row_context(ctx),
+                parent=None if parent is None else row_context(parent),
                 resource=resources[res],
                 attributes=attrs,
                 events=[Event(n, a, timestamp=t) for n, a, t in events],
-                links=[Link(_unctx(c), a) for c, a in links],  # type: ignore[arg-type]
+                links=[Link(row_context(c), a) for c, a in _link_rows(links)],
                 kind=SpanKind(kind),
                 status=Status(StatusCode(status[0]), status[1]),
                 start_time=start,
@@ -217,15 +253,22 @@ _KEY_VALUES: dict[tuple[int, str, type, Any], bytes] = {}  # most attributes rep
 _MAX_CACHED = 4096
 
 
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
+def _varint_of(n: int) -> bytes:
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+# Lengths and tags are nearly all below this: looked up rather than computed.
+_SMALL = 1 << 14
+_VARINTS = [_varint_of(n) for n in range(_SMALL)]
+
+
+def _varint(n: int) -> bytes:
+    return _VARINTS[n] if n < _SMALL else _varint_of(n)
 
 
 def _delimited(field: int, payload: bytes) -> bytes:
@@ -253,21 +296,34 @@ def _any_value(value: Any) -> bytes:
 
 
 def _key_value(field: int, key: str, value: Any) -> bytes:
-    cacheable = isinstance(value, bool | int | float) or (
-        isinstance(value, str) and len(value) <= 64
-    )
-    if cacheable:
-        found = _KEY_VALUES.get((field, key, type(value), value))
-        if found is not None:
-            return found
-    encoded = _delimited(field, _delimited(1, key.encode()) + _delimited(2, _any_value(value)))
-    if cacheable and len(_KEY_VALUES) < _MAX_CACHED:
-        _KEY_VALUES[(field, key, type(value), value)] = encoded
-    return encoded
+    return _delimited(field, _delimited(1, key.encode()) + _delimited(2, _any_value(value)))
+
+
+_CACHEABLE = frozenset((str, int, float, bool))
 
 
 def _attributes_of(field: int, attributes: Mapping[str, Any] | None) -> bytes:
-    return b"".join(_key_value(field, k, v) for k, v in attributes.items()) if attributes else b""
+    """Attributes as repeated ``KeyValue`` fields. Most pairs repeat from span to span
+    (method, region, status) and are encoded once; the cache starts over when full, so
+    that values seen once (ticket codes) cannot crowd out the ones that repeat."""
+    if not attributes:
+        return b""
+    cache = _KEY_VALUES
+    parts = []
+    for key, value in attributes.items():
+        kind = value.__class__
+        if kind not in _CACHEABLE:
+            parts.append(_key_value(field, key, value))
+            continue
+        cache_key = (field, key, kind, value)  # the type tells True from 1
+        encoded = cache.get(cache_key)
+        if encoded is None:
+            encoded = _key_value(field, key, value)
+            if len(cache) >= _MAX_CACHED:
+                cache.clear()
+            cache[cache_key] = encoded
+        parts.append(encoded)
+    return b"".join(parts)
 
 
 def _flags(context: list[Any] | None) -> bytes:
@@ -275,39 +331,60 @@ def _flags(context: list[Any] | None) -> bytes:
     return _FIXED32(_HAS_IS_REMOTE | (_IS_REMOTE if remote else 0))
 
 
+_NAMES: dict[str, bytes] = {}  # a span's name field, by name: names repeat
+_KINDS = {kind: b"\x30" + _varint(kind + _SPAN_KIND_OFFSET) for kind in range(5)}
+_TIMES = struct.Struct("<BQBQ").pack  # start and end: fixed64 fields 7 and 8
+_UNSET_STATUS = _delimited(15, b"")
+_LOCAL_FLAGS = b"\x85\x01" + _FIXED32(_HAS_IS_REMOTE)
+_REMOTE_FLAGS = b"\x85\x01" + _FIXED32(_HAS_IS_REMOTE | _IS_REMOTE)
+
+
 def _span(row: list[Any]) -> bytes:
     name, ctx, parent, _, attrs, events, links, kind, _, status, start, end = row
-    parts = [b"\x0a\x10" + bytes.fromhex(ctx[0]), b"\x12\x08" + bytes.fromhex(ctx[1])]
+    # Trace and span ids (fields 1 and 2) from their hex text in one step.
+    parts = [bytes.fromhex(f"0a10{ctx[0]}1208{ctx[1]}")]
     if len(ctx) > 4 and ctx[4]:
         parts.append(_delimited(3, ctx[4].encode()))
     if parent is not None:
-        parts.append(b"\x22\x08" + bytes.fromhex(parent[1]))
+        parts.append(bytes.fromhex(f"2208{parent[1]}"))
     if name:
-        parts.append(_delimited(5, name.encode()))
-    parts.append(b"\x30" + _varint(kind + _SPAN_KIND_OFFSET))
-    if start:
-        parts.append(b"\x39" + _FIXED64(start))
-    if end:
-        parts.append(b"\x41" + _FIXED64(end))
-    parts.append(_attributes_of(9, attrs))
+        named = _NAMES.get(name)
+        if named is None:
+            named = _delimited(5, name.encode())
+            if len(_NAMES) < _MAX_CACHED:
+                _NAMES[name] = named
+        parts.append(named)
+    parts.append(_KINDS.get(kind) or b"\x30" + _varint(kind + _SPAN_KIND_OFFSET))
+    if start and end:
+        parts.append(_TIMES(0x39, start, 0x41, end))
+    else:
+        if start:
+            parts.append(b"\x39" + _FIXED64(start))
+        if end:
+            parts.append(b"\x41" + _FIXED64(end))
+    if attrs:
+        parts.append(_attributes_of(9, attrs))
     for event_name, event_attrs, timestamp in events:
         body = (b"\x09" + _FIXED64(timestamp) if timestamp else b"") + (
             _delimited(2, event_name.encode()) if event_name else b""
         )
         parts.append(_delimited(11, body + _attributes_of(3, event_attrs)))
-    for link_ctx, link_attrs in links:
-        body = b"\x0a\x10" + bytes.fromhex(link_ctx[0]) + b"\x12\x08" + bytes.fromhex(link_ctx[1])
+    for link_ctx, link_attrs in _link_rows(links):
+        body = bytes.fromhex(f"0a10{link_ctx[0]}1208{link_ctx[1]}")
         body += _attributes_of(4, link_attrs) + b"\x35" + _flags(link_ctx)
         parts.append(_delimited(13, body))
     code, message = status
-    parts.append(
-        _delimited(
-            15,
-            (_delimited(2, message.encode()) if message else b"")
-            + (b"\x18" + _varint(code) if code else b""),
+    if code or message:
+        parts.append(
+            _delimited(
+                15,
+                (_delimited(2, message.encode()) if message else b"")
+                + (b"\x18" + _varint(code) if code else b""),
+            )
         )
-    )
-    parts.append(b"\x85\x01" + _flags(parent))  # field 16, fixed32
+    else:
+        parts.append(_UNSET_STATUS)
+    parts.append(_REMOTE_FLAGS if parent is not None and parent[3] else _LOCAL_FLAGS)
     return b"".join(parts)
 
 

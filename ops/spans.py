@@ -48,15 +48,13 @@ from opentelemetry.trace import (
     SpanKind,
     Status,
     StatusCode,
-    TraceFlags,
 )
 from opentelemetry.util import types
 
-from ops.span_relay import decode_rows, encode_rows, span_row
+from ops.span_relay import context_row, decode_rows, encode_rows, row_context, span_row
 
 log = logging.getLogger("sundesk.tracing")
 
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSET = Status(StatusCode.UNSET)
 _OK = StatusCode.OK
 
@@ -65,20 +63,27 @@ MAX_BATCH = 512  # spans per export call
 
 
 class RecordSpan(trace.Span):
-    """A recording span: its fields, and the queue its row goes to when it ends."""
+    """A recording span: its fields, and the queue its row goes to when it ends.
+
+    Its ids are kept as the hex text that both its row and its ``traceparent`` are made
+    of (``row``: ``ops.span_relay.context_row``); the ``SpanContext`` is built only when
+    something asks for it. Formatting a 128-bit id, and parsing it back, was a large part
+    of what a span cost the RPC that made it."""
 
     __slots__ = (
         "_attributes",
+        "_context",
         "_events",
         "_link_rows",
         "_links",
         "_queue",
         "_scope",
-        "context",
+        "_traceparent",
         "end_time",
         "kind",
         "name",
-        "parent",
+        "parent_row",
+        "row",
         "start_time",
         "status",
     )
@@ -87,8 +92,8 @@ class RecordSpan(trace.Span):
         self,
         tracer: RecordTracer,
         name: str,
-        context: SpanContext,
-        parent: SpanContext | None,
+        row: list[Any],
+        parent_row: list[Any] | None,
         kind: SpanKind,
         attributes: types.Attributes,
         links: Sequence[Link] | None,
@@ -96,8 +101,8 @@ class RecordSpan(trace.Span):
     ) -> None:
         self._queue = tracer.queue
         self.name = name
-        self.context = context
-        self.parent = parent
+        self.row = row
+        self.parent_row = parent_row
         self.kind = kind
         self._scope = tracer.scope_row
         self._attributes: dict[str, Any] = (
@@ -105,10 +110,30 @@ class RecordSpan(trace.Span):
         )
         self._events: list[Event] = []
         self._links: list[Link] = [k for k in links if k.context.is_valid] if links else []
-        self._link_rows: list[list[Any]] = []
+        self._link_rows: list[list[Any] | str] = []
+        self._context: SpanContext | None = None
+        self._traceparent: str | None = None
         self.status = _UNSET
         self.start_time = start_time if start_time is not None else time.time_ns()
         self.end_time: int | None = None
+
+    @property
+    def context(self) -> SpanContext:
+        if self._context is None:
+            self._context = row_context(self.row)
+        return self._context
+
+    @property
+    def parent(self) -> SpanContext | None:
+        return None if self.parent_row is None else row_context(self.parent_row)
+
+    def carrier(self) -> dict[str, str]:
+        """This span's W3C trace context, as ``ops.tracing.inject_context`` gives it."""
+        if self._traceparent is None:
+            self._traceparent = f"00-{self.row[0]}-{self.row[1]}-01"
+        if len(self.row) > 4:
+            return {"traceparent": self._traceparent, "tracestate": self.row[4]}
+        return {"traceparent": self._traceparent}
 
     # ----- opentelemetry.trace.Span --------------------------------------------------------
 
@@ -136,9 +161,9 @@ class RecordSpan(trace.Span):
         if self.end_time is None and context.is_valid:
             self._links.append(Link(context, attributes))
 
-    def add_link_rows(self, rows: Sequence[list[Any]]) -> None:
-        """Links already in the row form of ``ops.span_relay.span_row``'s links (see
-        ``ops.tracing.carried_link_row``)."""
+    def add_link_rows(self, rows: Sequence[list[Any] | str]) -> None:
+        """Links already in the form of ``ops.span_relay.span_row``'s link rows: a row
+        (``ops.tracing.carried_link_row``) or a ``traceparent`` text, read at export."""
         if self.end_time is None:
             self._link_rows.extend(rows)
 
@@ -186,8 +211,8 @@ class RecordSpan(trace.Span):
         self._queue.put(
             span_row(
                 self.name,
-                self.context,
-                self.parent,
+                self.row,
+                self.parent_row,
                 0,
                 self._attributes,
                 self._events,
@@ -304,20 +329,43 @@ class RecordTracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace.Span:
-        parent = trace.get_current_span(context).get_span_context()
-        span_id = _new_span_id()
-        if parent.is_valid:
-            if not parent.trace_flags.sampled:
-                return NonRecordingSpan(
-                    SpanContext(
-                        parent.trace_id, span_id, False, parent.trace_flags, parent.trace_state
-                    )
+        parent = trace.get_current_span(context)
+        if isinstance(parent, RecordSpan):
+            return self.start_child(name, parent.row, kind, attributes, links, start_time)
+        found = parent.get_span_context()
+        if not found.is_valid:
+            return self.start_child(name, None, kind, attributes, links, start_time)
+        return self.start_child(name, context_row(found), kind, attributes, links, start_time)
+
+    def start_child(
+        self,
+        name: str,
+        parent: list[Any] | None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+    ) -> trace.Span:
+        """``start_span`` under a parent given as its row (``context_row``; None: a new
+        root), for callers that hold the parent's ids as text (``ops.tracing.carried_row``)
+        rather than as a context."""
+        span_id = f"{_new_span_id():016x}"
+        if parent is None:
+            row = [f"{random.getrandbits(128) or 1:032x}", span_id, 1, False]
+        elif not parent[2] & 1:  # not sampled: nothing recorded, the trace goes on
+            unsampled = row_context(parent)
+            return NonRecordingSpan(
+                SpanContext(
+                    unsampled.trace_id,
+                    int(span_id, 16),
+                    False,
+                    unsampled.trace_flags,
+                    unsampled.trace_state,
                 )
-            ctx = SpanContext(parent.trace_id, span_id, False, _SAMPLED, parent.trace_state)
-            return RecordSpan(self, name, ctx, parent, kind, attributes, links, start_time)
-        trace_id = random.getrandbits(128) or 1  # zero is the invalid id
-        ctx = SpanContext(trace_id, span_id, False, _SAMPLED)
-        return RecordSpan(self, name, ctx, None, kind, attributes, links, start_time)
+            )
+        else:
+            row = [parent[0], span_id, 1, False, *parent[4:5]]
+        return RecordSpan(self, name, row, parent, kind, attributes, links, start_time)
 
     # The API types this as its private ``_AgnosticContextManager``, a contextmanager that
     # also works as a decorator; ours is used in ``with`` statements only.

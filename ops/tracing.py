@@ -17,7 +17,6 @@ gRPC metadata for RPCs and in ``Operation.trace_context`` for replicated operati
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,8 +27,8 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Span, SpanContext, TraceFlags, Tracer, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from ops.span_relay import RelayExporter
-from ops.spans import RecordTracerProvider
+from ops.span_relay import TRACEPARENT, RelayExporter, traceparent_row
+from ops.spans import RecordSpan, RecordTracerProvider
 
 SERVICE = "sundesk-node"
 INSTRUMENTATION = "sundesk"
@@ -95,13 +94,16 @@ def shutdown_tracing(provider: TracerProvider, timeout_s: float = EXPORT_TIMEOUT
 # parsed here directly; anything else goes through the W3C propagator. Every traced write
 # injects once and its commit span extracts once, and the propagator's general path
 # (context objects, header validation in several steps) was 15-20 µs each.
-_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
 def inject_context(span: Span | None = None) -> dict[str, str]:
     """The W3C trace context of ``span`` (default: the current span) as a plain dict, for
     gRPC metadata or ``Operation.trace_context``. Empty when there is no valid span."""
-    sc = (span if span is not None else trace.get_current_span()).get_span_context()
+    if span is None:
+        span = trace.get_current_span()
+    if isinstance(span, RecordSpan):
+        return span.carrier()
+    sc = span.get_span_context()
     if not sc.is_valid:
         return {}
     if not sc.trace_state:
@@ -128,30 +130,30 @@ def extract_context(carrier: Mapping[str, str]) -> Context:
     return _PROPAGATOR.extract(carrier)
 
 
-def carried_link_row(carrier: Mapping[str, str]) -> list[Any] | None:
-    """``carrier``'s span context as a span row's link (``ops.span_relay``: hex ids, flags,
-    remote, no attributes), read from the traceparent text without making a
-    ``SpanContext``: a commit span links every write of its group. None when the carrier
-    is not the one shape this node writes; the caller then takes the general path."""
+def carried_row(carrier: Mapping[str, str]) -> list[Any] | None:
+    """``carrier``'s span context as a row (``ops.span_relay.context_row``: hex ids,
+    flags, remote), read from the traceparent text without making a ``SpanContext``, for
+    ``RecordTracer.start_child`` and span links. None when the carrier is not the one
+    shape this node writes (or holds invalid ids); the caller then takes the general
+    path, which says what the carrier holds."""
     if len(carrier) != 1:
         return None
     header = carrier.get("traceparent")
-    if header is None or _TRACEPARENT.fullmatch(header) is None:
-        return None
-    trace_id, span_id = header[3:35], header[36:52]
-    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
-        return None
-    return [[trace_id, span_id, int(header[53:55], 16), True], {}]
+    return traceparent_row(header) if isinstance(header, str) else None
 
 
-_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+def carried_link_row(carrier: Mapping[str, str]) -> list[Any] | None:
+    """``carrier``'s span context as a span row's link (no attributes): a commit span
+    links every write of its group. None as for ``carried_row``."""
+    row = carried_row(carrier)
+    return None if row is None else [row, {}]
 
 
 def _fast_context(carrier: Mapping[str, str]) -> SpanContext | None:
     if len(carrier) != 1:
         return None  # tracestate, or nothing: the propagator's general path
     header = carrier.get("traceparent")
-    match = _TRACEPARENT.fullmatch(header) if header is not None else None
+    match = TRACEPARENT.fullmatch(header) if header is not None else None
     if match is None:
         return None
     trace_id, span_id = int(match[1], 16), int(match[2], 16)

@@ -58,3 +58,21 @@ def test_links_are_bounded_and_untraced_groups_make_no_span() -> None:
     commits = [s for s in exporter.get_finished_spans() if s.name == "store.commit"]
     assert len(commits) == 1
     assert len(commits[0].links) == MAX_LINKS
+
+
+def test_a_write_carrier_that_is_not_a_valid_traceparent_is_no_link() -> None:
+    # Carriers come back from stored operations: whatever they hold, the commit span is
+    # exported, with a link for each valid one (a trace state included) and none other.
+    obs, exporter, provider = observer()
+    first, good = rpc_carriers(obs, 2)
+    with_state = {**rpc_carriers(obs, 1)[0], "tracestate": "vendor=1"}
+    bad = [
+        {"traceparent": "00-" + "0" * 32 + "-b7ad6b7169203331-01"},
+        {"traceparent": "not a traceparent"},
+        {"traceparent": 7},
+    ]
+    obs.on_commit_spans([first, *bad, good, with_state], 1, 2, 6)  # type: ignore[list-item]
+    assert flush_tracing(provider)
+    commit = next(s for s in exporter.get_finished_spans() if s.name == "store.commit")
+    linked = {link.context.span_id for link in commit.links}
+    assert linked == {int(c["traceparent"][36:52], 16) for c in (good, with_state)}

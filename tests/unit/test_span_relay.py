@@ -90,6 +90,28 @@ def test_the_relays_own_bytes_parse_to_the_sdk_encoders_request() -> None:
         assert ours.SerializeToString() == otlp(spans).SerializeToString()
 
 
+def test_a_link_given_as_traceparent_text_is_read_at_export_and_bad_text_is_no_link() -> None:
+    # A commit span hands the relay its writes' traceparents as text, unparsed.
+    trace_id, span_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    row = orjson.loads(encode_spans(some_spans()))
+    commit = next(r for r in row["spans"] if r[0] == "store.commit")
+    commit[6] = [
+        f"00-{trace_id}-{span_id}-01",
+        "00-not-a-traceparent",
+        f"00-{trace_id}-{0:016x}-01",
+    ]
+    spans = {
+        s.name: s
+        for s in ExportTraceServiceRequest.FromString(otlp_request(row))
+        .resource_spans[0]
+        .scope_spans[0]
+        .spans
+    }
+    links = spans["store.commit"].links
+    assert [(link.trace_id.hex(), link.span_id.hex()) for link in links] == [(trace_id, span_id)]
+    assert links[0].flags == 0x300  # remote: it came from another span's carrier
+
+
 def test_the_relay_exports_to_a_real_receiver_and_is_replaced_when_it_dies(
     tmp_path: Path,
 ) -> None:

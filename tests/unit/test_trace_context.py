@@ -7,9 +7,9 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from ops.span_relay import _ctx
+from ops.span_relay import context_row
 from ops.tracing import (
-    carried_link_row,
+    carried_row,
     carried_span_context,
     extract_context,
     inject_context,
@@ -66,14 +66,14 @@ def test_injecting_agrees_with_the_propagator(context: SpanContext) -> None:
 
 
 @pytest.mark.parametrize("carrier", CARRIERS)
-def test_link_rows_agree_with_the_propagator_or_defer_to_it(carrier: dict[str, str]) -> None:
-    row = carried_link_row(carrier)
+def test_context_rows_agree_with_the_propagator_or_defer_to_it(carrier: dict[str, str]) -> None:
+    row = carried_row(carrier)
     expected = by_propagator(carrier)
     # None sends the caller to carried_span_context, which agrees with the propagator.
     if row is not None:
-        assert expected.is_valid and row == [_ctx(expected), {}]
+        assert expected.is_valid and row == context_row(expected)
 
 
 def test_our_own_traceparents_take_the_link_row_path() -> None:
     for flags in ("00", "01"):
-        assert carried_link_row({"traceparent": f"00-{TID:032x}-{SID:016x}-{flags}"})
+        assert carried_row({"traceparent": f"00-{TID:032x}-{SID:016x}-{flags}"})
