@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import random
 import tempfile
 import time
@@ -27,6 +26,7 @@ from node import rules
 from node.clock import SystemClock
 from node.observe import NodeObserver
 from node.rules import NewTicket
+from node.server import tune_interpreter
 from node.sqlite_store import SqliteTicketStore
 from ops.metrics import Metrics
 from sundesk.v1 import federation_pb2 as fpb
@@ -88,8 +88,7 @@ def main() -> None:
     parser.add_argument("--comments", type=float, default=0.3)
     args = parser.parse_args()
     batches, expect = make_batches(args.ops, args.batch, args.comments)
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 100)
+    tune_interpreter()
     wall, cpu = asyncio.run(apply_all(batches, expect))
     print(
         f"apply: {args.ops / wall:,.0f} operations/s wall, {args.ops / cpu:,.0f} per CPU second "

@@ -48,6 +48,7 @@ async def _drive(seconds: float, in_flight: int, traced: bool) -> tuple[int, flo
     from node.clock import SystemClock
     from node.desk_service import DeskService
     from node.observe import NodeObserver
+    from node.server import tune_interpreter
     from node.sqlite_store import SqliteTicketStore
     from node.watch import WatchHub
     from ops.interceptors import ObservabilityInterceptor
@@ -98,6 +99,7 @@ async def _drive(seconds: float, in_flight: int, traced: bool) -> tuple[int, flo
             create = wrapper.wrap_handler(
                 method, grpc.unary_unary_rpc_method_handler(desk.CreateTicket)
             ).unary_unary
+        tune_interpreter()  # as a node does once started
         calls = 0
         stop_at = time.perf_counter() + seconds
 

@@ -506,20 +506,27 @@ def _health_servicer() -> health.aio.HealthServicer:
     return health.aio.HealthServicer()
 
 
-async def run_node(config: FederationConfig, options: NodeOptions, clock: Clock | None) -> None:
-    # The store's writer thread and the gRPC loop share the GIL. The default 5 ms switch
-    # interval makes each wait for the other in long slices; 0.5 ms keeps replies flowing
-    # while a group is being written.
+def tune_interpreter() -> None:
+    """The interpreter settings a node serves with, once it has started (benchmarks that
+    drive the node's parts in-process apply them too).
+
+    The store's writer thread and the gRPC loop share the GIL. The default 5 ms switch
+    interval makes each wait for the other in long slices; 0.5 ms keeps replies flowing
+    while a group is being written. Everything built at start-up lives as long as the
+    node: it is kept out of the collector's way, and the young generation is collected
+    less often than the default 700 (hot write path) but not so rarely that one
+    collection stalls every call: at 50,000 a young collection took 40-70 ms
+    (bench.telemetry, ticket p99); at 10,000 about 10."""
     sys.setswitchinterval(0.0005)
-    node = Node(config, options, clock)
-    await node.start()
-    # Everything built at start-up lives as long as the node: keep it out of the
-    # collector's way, and collect the young generation less often than the default 700
-    # (hot write path) but not so rarely that one collection stalls every call: at 50,000
-    # a young collection took 40-70 ms (bench.telemetry, ticket p99); at 10,000 about 10.
     gc.freeze()
     gc.set_threshold(10_000, 20, 100)
+
+
+async def run_node(config: FederationConfig, options: NodeOptions, clock: Clock | None) -> None:
+    node = Node(config, options, clock)
+    await node.start()
+    tune_interpreter()
     await node.run_until_signal()
 
 
-__all__ = ["Node", "NodeOptions", "StorageError", "grpc", "run_node"]
+__all__ = ["Node", "NodeOptions", "StorageError", "grpc", "run_node", "tune_interpreter"]
