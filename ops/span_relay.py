@@ -412,6 +412,24 @@ def otlp_request(batch: Mapping[str, Any]) -> bytes:
     return b"".join(out)
 
 
+# gRPC servers refuse messages over 4 MiB unless configured otherwise (the OpenTelemetry
+# Collector's OTLP receiver among them): a batch whose request is larger goes in parts.
+MAX_REQUEST_BYTES = 3 << 20
+
+
+def otlp_requests(batch: Mapping[str, Any], limit: int = MAX_REQUEST_BYTES) -> list[bytes]:
+    """``otlp_request`` of the batch, split in halves until each request is at most
+    ``limit`` bytes (a single span larger than that goes alone)."""
+    request = otlp_request(batch)
+    spans = batch["spans"]
+    if len(request) <= limit or len(spans) <= 1:
+        return [request]
+    half = len(spans) // 2
+    return otlp_requests({**batch, "spans": spans[:half]}, limit) + otlp_requests(
+        {**batch, "spans": spans[half:]}, limit
+    )
+
+
 class OtlpSender:
     """Sends encoded ``ExportTraceServiceRequest``s over OTLP/gRPC, retrying transient
     refusals with exponential backoff until ``timeout_s`` (the SDK exporter's policy)."""
@@ -549,7 +567,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         while (frame := read_frame(inp)) is not None:
             try:
-                sent = sender.send(otlp_request(orjson.loads(frame)))
+                requests = otlp_requests(orjson.loads(frame))
+                sent = all([sender.send(request) for request in requests])
             except Exception:  # a bad batch must not end the relay
                 log.exception("span relay could not export a batch")
                 sent = False

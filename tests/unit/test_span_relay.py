@@ -27,7 +27,14 @@ from opentelemetry.trace import (
 )
 
 from ops.collector import SpanStore, serve_collector
-from ops.span_relay import OtlpSender, RelayExporter, decode_spans, encode_spans, otlp_request
+from ops.span_relay import (
+    OtlpSender,
+    RelayExporter,
+    decode_spans,
+    encode_spans,
+    otlp_request,
+    otlp_requests,
+)
 
 
 def some_spans() -> tuple[ReadableSpan, ...]:
@@ -110,6 +117,23 @@ def test_a_link_given_as_traceparent_text_is_read_at_export_and_bad_text_is_no_l
     links = spans["store.commit"].links
     assert [(link.trace_id.hex(), link.span_id.hex()) for link in links] == [(trace_id, span_id)]
     assert links[0].flags == 0x300  # remote: it came from another span's carrier
+
+
+def test_a_batch_too_large_for_one_request_goes_in_parts_with_every_span() -> None:
+    batch = orjson.loads(encode_spans(some_spans()))
+    template = batch["spans"][0]
+    batch["spans"] = [
+        [f"big {i}", *template[1:4], {"blob": "x" * 100_000}, *template[5:]] for i in range(10)
+    ]
+    requests = otlp_requests(batch, limit=300_000)
+    assert len(requests) > 1 and all(len(r) <= 300_000 for r in requests)
+    names = [
+        span.name
+        for r in requests
+        for span in ExportTraceServiceRequest.FromString(r).resource_spans[0].scope_spans[0].spans
+    ]
+    assert names == [f"big {i}" for i in range(10)]
+    assert otlp_requests(batch) == [otlp_request(batch)]  # under the default limit: one
 
 
 def test_the_relay_exports_to_a_real_receiver_and_is_replaced_when_it_dies(
