@@ -111,7 +111,9 @@ class RecordSpan(trace.Span):
         self.kind = kind
         self._scope = tracer.scope_row
         self._attributes: dict[str, Any] = (
-            {k: v for k, v in attributes.items() if v is not None} if attributes else {}
+            ({k: v for k, v in attributes.items() if v is not None})
+            if attributes and None in attributes.values()
+            else dict(attributes or ())
         )
         self._events: list[Event] = []
         self._links: list[Link] = [k for k in links if k.context.is_valid] if links else []
@@ -354,10 +356,12 @@ class RecordTracer(trace.Tracer):
         """``start_span`` under a parent given as its row (``context_row``; None: a new
         root), for callers that hold the parent's ids as text (``ops.tracing.carried_row``)
         rather than as a context."""
-        span_id = f"{_new_span_id():016x}"
         if parent is None:
-            row = [f"{random.getrandbits(128) or 1:032x}", span_id, 1, False]
-        elif not parent[2] & 1:  # not sampled: nothing recorded, the trace goes on
+            trace_id, span_id = _new_ids()
+            row = [trace_id, span_id, 1, False]
+            return RecordSpan(self, name, row, None, kind, attributes, links, start_time)
+        span_id = f"{_new_span_id():016x}"
+        if not parent[2] & 1:  # not sampled: nothing recorded, the trace goes on
             unsampled = row_context(parent)
             return NonRecordingSpan(
                 SpanContext(
@@ -433,3 +437,15 @@ class RecordTracerProvider(trace.TracerProvider):
 
 def _new_span_id() -> int:
     return random.getrandbits(64) or 1  # zero is the invalid id
+
+
+def _new_ids() -> tuple[str, str]:
+    """A new trace id and span id, as hex, from one draw of random bits."""
+    text = f"{random.getrandbits(192):048x}"
+    trace_id, span_id = text[:32], text[32:]
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:  # zero ids are invalid
+        return f"{random.getrandbits(128) or 1:032x}", f"{_new_span_id():016x}"
+    return trace_id, span_id
+
+
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
