@@ -286,11 +286,18 @@ class SpanQueue:
             self._wake.wait(self._delay_s)
             self._wake.clear()
             with self._export_lock:
-                self._export_all()
+                self._export_all(full_only=True)
 
-    def _export_all(self) -> None:
+    def _export_all(self, full_only: bool = False) -> None:
+        """Export what waits, in batches. ``full_only``: after the first batch, only full
+        ones, so that the spans ending while a batch is exported wait for the next turn
+        rather than go in a small batch of their own: each batch wakes the relay and
+        makes an OTLP call, and at 2,700 spans a second the small batches were as many as
+        the full ones."""
         spans = self._spans
-        while spans:
+        first = True
+        while spans and (first or not full_only or len(spans) >= self._max_batch):
+            first = False
             batch = [spans.popleft() for _ in range(min(len(spans), self._max_batch))]
             try:
                 if self._encoded is not None:

@@ -187,3 +187,25 @@ def test_a_full_queue_drops_new_spans_and_counts_them_and_shutdown_exports_the_r
     assert all(len(b) <= 2 for b in encoded.batches)
     tracer.start_span("after shutdown").end()
     assert queue.dropped == 5 - len(exported) + 1
+
+
+def test_the_export_thread_sends_a_partial_batch_only_first_and_a_flush_sends_it_all() -> None:
+    # The export thread's turn: after its first batch, only full ones; spans that end
+    # while a batch is exported wait for the next turn rather than go in a small batch.
+    encoded = _Encoded()
+    p = RecordTracerProvider(encoded, RESOURCE, delay_s=60.0, max_queue=100, max_batch=4)
+    queue = p.queue
+    tracer = p.get_tracer("sundesk")
+    with queue._export_lock:  # the export thread, woken by a full batch, waits here
+        for i in range(6):
+            tracer.start_span(f"s{i}").end()
+        queue._export_all(full_only=True)
+        assert [len(b) for b in encoded.batches] == [4]
+        for i in range(6, 9):
+            tracer.start_span(f"s{i}").end()
+        queue._export_all(full_only=True)  # 5 wait: one full batch, then 1 waits
+        assert [len(b) for b in encoded.batches] == [4, 4]
+    assert p.force_flush(5.0)
+    exported = [s.name for b in encoded.batches for s in b]
+    assert exported == [f"s{i}" for i in range(9)]
+    p.shutdown(5.0)
