@@ -163,12 +163,17 @@ def span_row(
         [*([context_row(k.context), _attrs(k.attributes)] for k in links), *link_rows]
         if links or link_rows
         else [],
-        kind.value,
+        _KIND_VALUES[kind],
         scope,
-        [status.status_code.value, status.description],
+        [_STATUS_VALUES[status.status_code], status.description],
         start,
         end,
     ]
+
+
+# ``Enum.value`` is a property, looked up through the enum machinery on every span.
+_KIND_VALUES = {kind: kind.value for kind in SpanKind}
+_STATUS_VALUES = {code: code.value for code in StatusCode}
 
 
 def encode_rows(resources: Sequence[Mapping[str, Any]], rows: Sequence[list[Any]]) -> bytes:
