@@ -170,7 +170,8 @@ class RecordSpan(trace.Span):
 
     def add_link_rows(self, rows: Sequence[list[Any] | str]) -> None:
         """Links already in the form of ``ops.span_relay.span_row``'s link rows: a row
-        (``ops.tracing.carried_link_row``) or a ``traceparent`` text, read at export."""
+        (``[ops.tracing.carried_row(...), attributes]``) or a ``traceparent`` text, read at
+        export."""
         if self.end_time is None:
             self._link_rows.extend(rows)
 
