@@ -73,17 +73,17 @@ def context_row(c: SpanContext | None) -> list[Any] | None:
 
 # The one traceparent shape this node writes (version 00, no tracestate), parsed here
 # directly; ``ops.tracing`` sends anything else through the W3C propagator.
-TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+ZERO_TRACE_ID, ZERO_SPAN_ID = "0" * 32, "0" * 16  # as hex: invalid ids
 
 
 def traceparent_row(header: str) -> list[Any] | None:
     """The (remote) context row of a ``traceparent`` of that shape; None for any other
     text, or for the all-zero ids, which are invalid."""
-    if TRACEPARENT.fullmatch(header) is None:
+    if _TRACEPARENT.fullmatch(header) is None:
         return None
     trace_id, span_id = header[3:35], header[36:52]
-    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+    if trace_id == ZERO_TRACE_ID or span_id == ZERO_SPAN_ID:
         return None
     return [trace_id, span_id, int(header[53:55], 16), True]
 

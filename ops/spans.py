@@ -51,7 +51,15 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util import types
 
-from ops.span_relay import context_row, decode_rows, encode_rows, row_context, span_row
+from ops.span_relay import (
+    ZERO_SPAN_ID,
+    ZERO_TRACE_ID,
+    context_row,
+    decode_rows,
+    encode_rows,
+    row_context,
+    span_row,
+)
 
 log = logging.getLogger("sundesk.tracing")
 
@@ -451,9 +459,6 @@ def _new_ids() -> tuple[str, str]:
     """A new trace id and span id, as hex, from one draw of random bits."""
     text = f"{random.getrandbits(192):048x}"
     trace_id, span_id = text[:32], text[32:]
-    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:  # zero ids are invalid
+    if trace_id == ZERO_TRACE_ID or span_id == ZERO_SPAN_ID:
         return f"{random.getrandbits(128) or 1:032x}", f"{_new_span_id():016x}"
     return trace_id, span_id
-
-
-_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Span, SpanContext, TraceFlags, Tracer, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from ops.span_relay import TRACEPARENT, RelayExporter, traceparent_row
+from ops.span_relay import RelayExporter, traceparent_row
 from ops.spans import RecordSpan, RecordTracerProvider
 
 SERVICE = "sundesk-node"
@@ -91,7 +91,7 @@ def shutdown_tracing(provider: TracerProvider, timeout_s: float = EXPORT_TIMEOUT
 
 
 # The one traceparent shape this node writes (version 00, no tracestate) is formatted and
-# parsed directly (``ops.span_relay.TRACEPARENT``); anything else goes through the W3C
+# parsed directly (``ops.span_relay.traceparent_row``); anything else goes through the W3C
 # propagator. Every traced write injects once and its commit span extracts once, and the
 # propagator's general path (context objects, header validation in several steps) was
 # 15-20 µs each.
@@ -144,13 +144,10 @@ def carried_row(carrier: Mapping[str, str]) -> list[Any] | None:
 
 
 def _fast_context(carrier: Mapping[str, str]) -> SpanContext | None:
-    if len(carrier) != 1:
-        return None  # tracestate, or nothing: the propagator's general path
-    header = carrier.get("traceparent")
-    match = TRACEPARENT.fullmatch(header) if header is not None else None
-    if match is None:
+    # None (tracestate, nothing, anything odd, all-zero ids): the propagator's general path.
+    row = carried_row(carrier)
+    if row is None:
         return None
-    trace_id, span_id = int(match[1], 16), int(match[2], 16)
-    if not trace_id or not span_id:
-        return None  # all-zero ids are invalid: let the propagator say so
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16)))
+    return SpanContext(
+        int(row[0], 16), int(row[1], 16), is_remote=True, trace_flags=TraceFlags(row[2])
+    )
