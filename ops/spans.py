@@ -376,20 +376,19 @@ class RecordTracer(trace.Tracer):
             trace_id, span_id = _new_ids()
             row = [trace_id, span_id, 1, False]
             return RecordSpan(self, name, row, None, kind, attributes, links, start_time)
-        span_id = f"{_new_span_id():016x}"
+        new_id = _new_span_id()
         if not parent[2] & 1:  # not sampled: nothing recorded, the trace goes on
             unsampled = row_context(parent)
             return NonRecordingSpan(
                 SpanContext(
                     unsampled.trace_id,
-                    int(span_id, 16),
+                    new_id,
                     False,
                     unsampled.trace_flags,
                     unsampled.trace_state,
                 )
             )
-        else:
-            row = [parent[0], span_id, 1, False, *parent[4:5]]
+        row = [parent[0], f"{new_id:016x}", 1, False, *parent[4:5]]
         return RecordSpan(self, name, row, parent, kind, attributes, links, start_time)
 
     # The API types this as its private ``_AgnosticContextManager``, a contextmanager that
