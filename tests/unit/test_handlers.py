@@ -1,5 +1,6 @@
 """Handlers wrapped once at registration: both of grpc's registration paths are wrapped,
-each method once, and made-up method names are not remembered."""
+each method once, and made-up method names are not remembered. Services the generated
+code would register as grpc's registered methods go into one table instead."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import asyncio
 from typing import Any
 
 import grpc
+import pytest
 from grpc import aio
 
 from node.handlers import WrappingRegistrar, chain, make_server
-from sundesk.v1 import desk_pb2, desk_pb2_grpc
+from sundesk.v1 import desk_pb2, desk_pb2_grpc, sun_pb2_grpc
 
 
 class Desk(desk_pb2_grpc.DeskServicer):
@@ -69,10 +71,38 @@ def test_calls_go_through_the_wraps_first_outermost() -> None:
 
     title = asyncio.run(run())
     assert title == "<inner<outer"  # the inner wrap ran first on the way out
-    # Registered handlers are wrapped once per method at registration, not per call.
+    # Handlers are wrapped once per method at registration, not per call.
     get = "/sundesk.v1.Desk/GetTicket"
-    assert wrapped.count(("<inner", get)) == wrapped.count(("<outer", get)) >= 1
-    assert wrapped.count(("<inner", get)) <= 2  # registered table + generic lookup at most
+    assert wrapped.count(("<inner", get)) == wrapped.count(("<outer", get)) == 1
+
+
+class RecordingServer:
+    def __init__(self) -> None:
+        self.generic: list[Any] = []
+        self.registered: list[str] = []
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self.generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        self.registered.append(service)
+
+
+def test_services_share_one_method_table_and_no_registered_methods() -> None:
+    server = RecordingServer()
+    registrar = WrappingRegistrar(server, chain())  # type: ignore[arg-type]
+    desk_pb2_grpc.add_DeskServicer_to_server(Desk(), registrar)
+    sun_pb2_grpc.add_SunServicer_to_server(sun_pb2_grpc.SunServicer(), registrar)
+    # grpc.aio waits on one future per registered method for every call it accepts.
+    assert server.registered == []
+    (dispatcher,) = server.generic
+    for method in ("/sundesk.v1.Desk/GetTicket", "/sundesk.v1.Sun/AckHandoff"):
+        assert method in dispatcher.table  # answered by the table, not a generic handler
+        handler = dispatcher.service(Details(method))
+        assert handler is not None and handler.unary_unary is not None
+    assert dispatcher.service(Details("/sundesk.v1.Desk/Nope")) is None
+    with pytest.raises(ValueError, match="/sundesk.v1.Desk/CreateTicket is registered twice"):
+        desk_pb2_grpc.add_DeskServicer_to_server(Desk(), registrar)
 
 
 def test_generic_handlers_wrap_each_method_once_and_forget_unknown_names() -> None:
@@ -90,7 +120,9 @@ def test_generic_handlers_wrap_each_method_once_and_forget_unknown_names() -> No
     registrar.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("sundesk.v1.Desk", handlers),)
     )
-    (generic,) = added
+    (dispatcher,) = added
+    (generic,) = dispatcher.generic
+    assert dispatcher.service(Details("/sundesk.v1.Desk/GetTicket")) is not None
     first = generic.service(Details("/sundesk.v1.Desk/GetTicket"))
     again = generic.service(Details("/sundesk.v1.Desk/GetTicket"))
     assert first is again and first is not handlers["GetTicket"]
@@ -98,3 +130,4 @@ def test_generic_handlers_wrap_each_method_once_and_forget_unknown_names() -> No
         assert generic.service(Details(f"/made.up/M{i}")) is None
     assert wrapped == [("t", "/sundesk.v1.Desk/GetTicket")]
     assert len(generic._wrapped) == 1
+    assert dispatcher.service(Details("/made.up/M0")) is None
