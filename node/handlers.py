@@ -52,21 +52,25 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
         return wrapped
 
 
+# A call's metadata -> its wrapped handler (``ObservabilityInterceptor.call_router``).
+Route = Callable[[Any], grpc.RpcMethodHandler]
+
+
 class _Dispatcher(grpc.GenericRpcHandler):
-    """The server's one handler: the registered methods' table (wrapped handlers by full
-    method name, ``/sundesk.v1.Desk/CreateTicket``), then generic handlers in the order
-    they were added, for names the table lacks."""
+    """The server's one handler: the registered methods' table (by full method name,
+    ``/sundesk.v1.Desk/CreateTicket``, the route to each call's wrapped handler), then
+    generic handlers in the order they were added, for names the table lacks."""
 
     def __init__(self) -> None:
-        self.table: dict[str, grpc.RpcMethodHandler] = {}
+        self.table: dict[str, Route] = {}
         self.generic: list[_WrappedGeneric] = []
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        handler = self.table.get(handler_call_details.method)  # type: ignore[attr-defined]
-        if handler is not None:
-            return handler
+        route = self.table.get(handler_call_details.method)  # type: ignore[attr-defined]
+        if route is not None:
+            return route(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
         for generic in self.generic:
             handler = generic.service(handler_call_details)
             if handler is not None:
@@ -78,13 +82,21 @@ class WrappingRegistrar:
     """What the generated ``add_*Servicer_to_server`` functions need of a server. The
     server itself gets one generic handler, the dispatcher (see the module's docstring)."""
 
-    def __init__(self, server: aio.Server, wrap: Wrap) -> None:
+    def __init__(
+        self, server: aio.Server, wrap: Wrap, observe: ObservabilityInterceptor | None = None
+    ) -> None:
+        """``observe``, if given, wraps outside ``wrap``: from the table it is given each
+        call's metadata as grpc already parsed it (``call_router``)."""
         self._wrap = wrap
+        self._observe = observe
         self._dispatcher = _Dispatcher()
         server.add_generic_rpc_handlers([self._dispatcher])
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._dispatcher.generic.extend(_WrappedGeneric(h, self._wrap) for h in handlers)
+        wrap = (
+            self._wrap if self._observe is None else chain(self._observe.wrap_handler, self._wrap)
+        )
+        self._dispatcher.generic.extend(_WrappedGeneric(h, wrap) for h in handlers)
 
     def add_registered_method_handlers(
         self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
@@ -94,7 +106,15 @@ class WrappingRegistrar:
             method = f"/{service}/{name}"
             if method in table:
                 raise ValueError(f"{method} is registered twice")
-            table[method] = self._wrap(method, handler)
+            wrapped = self._wrap(method, handler)
+            if self._observe is not None:
+                table[method] = self._observe.call_router(method, wrapped)
+            else:
+                table[method] = _always(wrapped)
+
+
+def _always(handler: grpc.RpcMethodHandler) -> Route:
+    return lambda metadata: handler
 
 
 def chain(*wraps: Wrap) -> Wrap:
@@ -117,20 +137,17 @@ def make_server(
 ) -> tuple[aio.Server, WrappingRegistrar]:
     """A server, and the registrar to add its services through.
 
-    ``observe`` (metrics and spans of every call) wraps the handlers like ``wraps`` do
+    ``observe`` (metrics and spans of every call) wraps the handlers outside ``wraps``
     (innermost last) when there are no other ``interceptors``; with some, it runs as the
     first interceptor, outside them, so the calls they refuse are counted and traced too.
     """
-    wrapping = list(wraps)
     chained = list(interceptors)
-    if observe is not None:
-        if chained:
-            chained.insert(0, observe)
-        else:
-            wrapping.insert(0, observe.wrap_handler)
+    if observe is not None and chained:
+        chained.insert(0, observe)
+        observe = None
     server = aio.server(
         interceptors=chained or None,
         options=list(options),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
-    return server, WrappingRegistrar(server, chain(*wrapping))
+    return server, WrappingRegistrar(server, chain(*wraps), observe)

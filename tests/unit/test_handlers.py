@@ -101,7 +101,7 @@ def test_services_share_one_method_table_and_no_registered_methods() -> None:
         handler = dispatcher.service(Details(method))
         assert handler is not None and handler.unary_unary is not None
     assert dispatcher.service(Details("/sundesk.v1.Desk/Nope")) is None
-    with pytest.raises(ValueError, match="/sundesk.v1.Desk/CreateTicket is registered twice"):
+    with pytest.raises(ValueError, match=r"/sundesk\.v1\.Desk/CreateTicket is registered twice"):
         desk_pb2_grpc.add_DeskServicer_to_server(Desk(), registrar)
 
 

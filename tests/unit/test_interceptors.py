@@ -17,7 +17,7 @@ import pytest
 from grpc import aio
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import NoOpTracer, SpanKind, StatusCode
 
 from node.errors import InvalidArgument
 from node.grpc_errors import ErrorInterceptor, wrap_errors
@@ -329,3 +329,15 @@ def test_tracing_disabled_still_counts_and_passes_the_callers_trace_on() -> None
     # No span of ours, but an operation written here still joins the caller's trace.
     assert replies[0].labels["traceparent"] == f"00-{TRACE_ID}-{PARENT_ID}-01"
     assert dict(replies[1].labels) == {}
+
+
+def test_call_router_wraps_once_for_calls_without_trace_context() -> None:
+    """The dispatcher hands over the metadata grpc parsed for the lookup: a call without
+    trace context gets the handler wrapped at registration, one with it its own."""
+    interceptor = ObservabilityInterceptor(Metrics("velizy"), NoOpTracer(), "velizy")
+    handler = grpc.unary_unary_rpc_method_handler(FakeDesk().GetTicket)
+    route = interceptor.call_router(f"/{DESK}/GetTicket", handler)
+    plain = route((("user-agent", "grpc-python"),))
+    assert route(()) is plain and plain is not handler
+    traced = route((("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),))
+    assert traced is not plain and traced.unary_unary is not None
