@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -442,9 +442,9 @@ class Node:
             await self.store.close()
             self.store = None
 
-    def _replication_info(self, change_id: str) -> tuple[list[str], list[str], dict[str, int]]:
+    def _replication_info(self, change_id: str) -> tuple[list[str], list[str], Mapping[str, int]]:
         assert self.store is not None
-        vv = self.store.version_vector()
+        vv = self.store.durable_vv
         if not change_id:
             return [self.region.name], [], vv
         origin, _, seq = change_id.rpartition(":")

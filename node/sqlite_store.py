@@ -890,6 +890,13 @@ class SqliteTicketStore:
         """Highest contiguous seq per origin that is durable here."""
         return dict(self._committed_vv)
 
+    @property
+    def durable_vv(self) -> Mapping[str, int]:
+        """``version_vector()`` without the copy, for readers that must not change it: a
+        new object after every commit, never modified, so a reader may tell whether it
+        changed by identity."""
+        return self._committed_vv
+
     def read_ops(self, after: Mapping[str, int], limit: int) -> list[Operation]:
         """For each origin named in ``after``, its operations past ``after[origin]``, in seq
         order, at most ``limit`` in all."""
