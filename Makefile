@@ -30,7 +30,7 @@ etcd: $(STAMP)
 lint: setup
 	$(BIN)/ruff check node federation ops tests bench
 	$(BIN)/ruff format --check node federation ops tests bench
-	$(BIN)/mypy node federation ops
+	$(BIN)/mypy node federation ops tests bench
 
 test: setup
 	$(BIN)/pytest -q

@@ -76,7 +76,9 @@ def desk(node: NodeProcess) -> desk_pb2_grpc.DeskStub:
     return desk_pb2_grpc.DeskStub(grpc.insecure_channel(node.address))
 
 
-def register(node: NodeProcess, customer: str, tier: int, asset: str, monitored: bool) -> None:
+def register(
+    node: NodeProcess, customer: str, tier: pb.ContractTier, asset: str, monitored: bool
+) -> None:
     stub = contracts_pb2_grpc.ContractsStub(grpc.insecure_channel(node.address))
     stub.RegisterCustomer(
         cpb.RegisterCustomerRequest(
@@ -112,11 +114,15 @@ def tickets_of(node: NodeProcess, customer: str, open_only: bool = False) -> lis
 def wait_registered(fed: Federation, asset: str) -> None:
     for node in fed.nodes.values():
         stub = contracts_pb2_grpc.ContractsStub(grpc.insecure_channel(node.address))
+
+        def known(stub: contracts_pb2_grpc.ContractsStub = stub) -> bool:
+            return any(
+                a.id == asset for a in stub.ListAssets(cpb.ListAssetsRequest(), timeout=5).assets
+            )
+
         wait_for(
             f"{node.region} to know {asset}",
-            lambda stub=stub: any(
-                a.id == asset for a in stub.ListAssets(cpb.ListAssetsRequest(), timeout=5).assets
-            ),
+            known,
             timeout=20,
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import orjson
@@ -77,7 +78,14 @@ def other_spans() -> tuple[ReadableSpan, ...]:
         trace_flags=TraceFlags(1),
         trace_state=TraceState([("vendor", "x1"), ("other", "y")]),
     )
-    attributes = {"neg": -7, "big": 2**40, "f": -0.25, "b": False, "s": "", "ints": (1, -2)}
+    attributes: dict[str, Any] = {
+        "neg": -7,
+        "big": 2**40,
+        "f": -0.25,
+        "b": False,
+        "s": "",
+        "ints": (1, -2),
+    }
     with tracer.start_as_current_span(
         "replication.apply",
         context=set_span_in_context(NonRecordingSpan(remote)),

@@ -309,7 +309,7 @@ def test_a_failed_commit_fails_its_group_and_nothing_moves(tmp_path: Path) -> No
         def fail(loop: asyncio.AbstractEventLoop, done: Any, *_: Any) -> None:
             loop.call_soon(done, sqlite3.OperationalError("disk I/O error"))
 
-        store._committer.commit = fail  # type: ignore[method-assign]
+        store._committer.commit = fail  # type: ignore[method-assign,assignment]
         try:
             outcomes = await asyncio.gather(
                 *(store.write(None, create(f"t{i}")) for i in range(3)), return_exceptions=True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from node.auth import Claims, authorize
@@ -9,7 +11,7 @@ from node.errors import PermissionDenied
 from node.stamping import ACTOR_FIELDS, stamp_actor
 from sundesk.v1 import desk_pb2, sun_pb2
 
-REQUESTS = {
+REQUESTS: dict[str, Any] = {
     "/sundesk.v1.Desk/CreateTicket": desk_pb2.CreateTicketRequest,
     "/sundesk.v1.Desk/UpdateTicket": desk_pb2.UpdateTicketRequest,
     "/sundesk.v1.Desk/AddComment": desk_pb2.AddCommentRequest,
