@@ -39,7 +39,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context, attach, detach
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from ops.metrics import Children, Metrics
+from ops.metrics import Metrics
 from ops.spans import RecordTracer
 from ops.tracing import ATTR_REGION, carried_row, extract_context
 
@@ -55,7 +55,7 @@ _EMPTY = Context()
 class _Method:
     """What is known of a method before any call: names, attributes, metric children."""
 
-    __slots__ = ("_counters", "attributes", "duration", "method", "name", "service")
+    __slots__ = ("_by_code", "_requests", "attributes", "duration", "method", "name", "service")
 
     def __init__(self, full_method: str, metrics: Metrics, region: str) -> None:
         self.name = full_method.lstrip("/")
@@ -66,10 +66,14 @@ class _Method:
             ATTR_REGION: region,
         }
         self.duration = metrics.rpc_duration_seconds.labels(self.service, self.method)
-        self._counters = Children(metrics.rpc_requests_total)  # by (service, method, code)
+        self._requests = metrics.rpc_requests_total
+        self._by_code: dict[str, Any] = {}  # the counter of each status code met so far
 
     def record(self, code: str, seconds: float, span: Span) -> None:
-        self._counters[self.service, self.method, code].inc()
+        counter = self._by_code.get(code)
+        if counter is None:
+            counter = self._by_code[code] = self._requests.labels(self.service, self.method, code)
+        counter.inc()
         self.duration.observe(seconds)
         span.set_attribute("rpc.response.status_code", code)
         if code != "OK":

@@ -16,6 +16,7 @@ the scraper's target label) but is exposed once, as ``sundesk_node_info{region=.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -29,6 +30,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import start_http_server as _serve_registry
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 # RPCs: a local SQLite read is well under a millisecond, a durable write a few, a large
 # page or a slow disk up to seconds.
@@ -51,6 +54,127 @@ ACK_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
 
 LEASE_STATES = ("alive", "expiring", "lost")
 TIERS = ("bronze", "silver", "gold", "platinum")  # node.tickets.Tier
+
+
+class _LoopCount:
+    """One labelled count of a ``LoopCounter``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("counters can only be incremented by non-negative amounts")
+        self.value += amount
+
+
+class _LoopObservations:
+    """One labelled histogram of a ``LoopHistogram``: counts per bucket (not cumulative;
+    the last one is +Inf) and the sum."""
+
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        # ``le`` is inclusive: the first bucket whose bound is >= the value.
+        self.counts[bisect_left(self._bounds, amount)] += 1
+        self.sum += amount
+
+
+class _LoopMetric:
+    """A labelled metric for the per-call paths of the event loop, exposed like
+    prometheus_client's own but updated without its lock per update.
+
+    prometheus_client takes a mutex for every ``inc`` and every ``observe`` (twice for a
+    histogram), since any thread may update any metric. The RPC metrics are updated on
+    every call, and only ever from the node's event loop thread; the scrape reads them
+    from the HTTP server's thread, one list copy at a time under the GIL, so a scrape
+    that races a call may see its count before its sum, never a torn number.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: list[str], registry: CollectorRegistry
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], Any] = {}
+        registry.register(self)  # type: ignore[arg-type]
+
+    def _new(self) -> Any:
+        raise NotImplementedError
+
+    def labels(self, *values: str, **named: str) -> Any:
+        if named:
+            if values:
+                raise ValueError("give label values by position or by name, not both")
+            if set(named) != set(self._labelnames):
+                raise ValueError(f"{self._name} takes labels {', '.join(self._labelnames)}")
+            values = tuple(named[n] for n in self._labelnames)
+        if len(values) != len(self._labelnames):
+            raise ValueError(f"{self._name} takes labels {', '.join(self._labelnames)}")
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._new()
+        return child
+
+    def describe(self) -> list[Metric]:
+        return []
+
+
+class LoopCounter(_LoopMetric):
+    def __init__(
+        self, name: str, documentation: str, labelnames: list[str], registry: CollectorRegistry
+    ) -> None:
+        if not name.endswith("_total"):
+            raise ValueError(f"counter {name} must end in _total")
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _new(self) -> _LoopCount:
+        return _LoopCount()
+
+    def collect(self) -> list[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=list(self._labelnames))
+        for key, child in list(self._children.items()):
+            family.add_metric(list(key), child.value)
+        return [family]
+
+
+class LoopHistogram(_LoopMetric):
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: list[str],
+        registry: CollectorRegistry,
+        buckets: tuple[float, ...],
+    ) -> None:
+        super().__init__(name, documentation, labelnames, registry)
+        self._bounds = tuple(sorted(buckets))
+        self._les = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
+
+    def _new(self) -> _LoopObservations:
+        return _LoopObservations(self._bounds)
+
+    def collect(self) -> list[Metric]:
+        family = HistogramMetricFamily(
+            self._name, self._documentation, labels=list(self._labelnames)
+        )
+        for key, child in list(self._children.items()):
+            counts, total = list(child.counts), child.sum
+            cumulative, buckets = 0, []
+            for le, n in zip(self._les, counts, strict=True):
+                cumulative += n
+                buckets.append((le, cumulative))
+            family.add_metric(list(key), buckets, total)
+        return [family]
 
 
 class Children(dict[Any, Any]):
@@ -110,19 +234,19 @@ class Metrics:
             "sundesk_comments_total", "Comments added on this node.", registry=r
         )
 
-        # RPCs (recorded by ops.interceptors.ObservabilityInterceptor).
-        self.rpc_requests_total = Counter(
+        # RPCs (recorded by ops.interceptors.ObservabilityInterceptor, on the event loop).
+        self.rpc_requests_total = LoopCounter(
             "sundesk_rpc_requests_total",
             "RPCs handled, by final status code.",
             ["service", "method", "code"],
             registry=r,
         )
-        self.rpc_duration_seconds = Histogram(
+        self.rpc_duration_seconds = LoopHistogram(
             "sundesk_rpc_duration_seconds",
             "Time spent handling an RPC.",
             ["service", "method"],
-            buckets=RPC_BUCKETS,
             registry=r,
+            buckets=RPC_BUCKETS,
         )
 
         # Store.

@@ -122,6 +122,35 @@ def test_children_are_made_once_per_label_values_in_label_order() -> None:
     assert value(m, "sundesk_tickets_created_total", queue="velizy") == 1
 
 
+def test_loop_metrics_count_and_bucket_like_prometheus_client() -> None:
+    """The RPC metrics skip prometheus_client's per-update lock; what they expose must
+    not differ: inclusive bucket bounds, cumulative buckets, +Inf, count and sum."""
+    m = Metrics("uk")
+    desk = {"service": "sundesk.v1.Desk", "method": "GetTicket"}
+    hist = m.rpc_duration_seconds.labels(**desk)
+    assert hist is m.rpc_duration_seconds.labels("sundesk.v1.Desk", "GetTicket")
+    for seconds in (0.0004, 0.0005, 0.0006, 7.0):
+        hist.observe(seconds)
+    assert value(m, "sundesk_rpc_duration_seconds_bucket", le="0.0005", **desk) == 2
+    assert value(m, "sundesk_rpc_duration_seconds_bucket", le="0.001", **desk) == 3
+    assert value(m, "sundesk_rpc_duration_seconds_bucket", le="5.0", **desk) == 3
+    assert value(m, "sundesk_rpc_duration_seconds_bucket", le="+Inf", **desk) == 4
+    assert value(m, "sundesk_rpc_duration_seconds_count", **desk) == 4
+    assert value(m, "sundesk_rpc_duration_seconds_sum", **desk) == pytest.approx(7.0015)
+    ok = m.rpc_requests_total.labels(code="OK", **desk)
+    ok.inc()
+    ok.inc(2)
+    assert value(m, "sundesk_rpc_requests_total", code="OK", **desk) == 3
+    with pytest.raises(ValueError, match="non-negative"):
+        ok.inc(-1)
+    with pytest.raises(ValueError, match="takes labels service, method, code"):
+        m.rpc_requests_total.labels("sundesk.v1.Desk", "GetTicket")
+    with pytest.raises(ValueError, match="takes labels service, method, code"):
+        m.rpc_requests_total.labels(service="sundesk.v1.Desk", method="GetTicket")
+    with pytest.raises(ValueError, match="by position or by name"):
+        m.rpc_requests_total.labels("sundesk.v1.Desk", method="GetTicket", code="OK")
+
+
 def test_queue_owner_replaces_the_previous_owner() -> None:
     m = Metrics("uk")
     m.set_queue_owner("velizy", "velizy", "region", epoch=5)
