@@ -30,6 +30,7 @@ from ops.tracing import (
     ATTR_TICKET,
     carried_row,
     carried_span_context,
+    current_span,
     extract_context,
     inject_context,
 )
@@ -106,7 +107,7 @@ class NodeObserver:
 
     @staticmethod
     def tag_ticket(code: str, queue: str = "") -> None:
-        span = get_current_span()
+        span = current_span()
         if span.is_recording():
             span.set_attribute(ATTR_TICKET, code)
             if queue:

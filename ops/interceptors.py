@@ -41,15 +41,12 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from ops.metrics import Metrics
 from ops.spans import RecordTracer
-from ops.tracing import ATTR_REGION, carried_row, extract_context
+from ops.tracing import ATTR_REGION, SPAN_KEY, carried_row, extract_context
 
 _CODE_NAMES: dict[Any, str] = {code: code.name for code in grpc.StatusCode}
 _CODE_NAMES.update({code.value[0]: code.name for code in grpc.StatusCode})
 _TRACE_KEYS = ("traceparent", "tracestate")
 _EMPTY = Context()
-# The key under which the API keeps the current span (``trace.set_span_in_context``),
-# read once: a call's context is then made in one step, without copying an empty one.
-(_SPAN_KEY,) = trace.set_span_in_context(trace.INVALID_SPAN, _EMPTY)
 
 
 class _Method:
@@ -204,7 +201,7 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
                 span = self._record.start_child(
                     method.name, row, SpanKind.SERVER, method.attributes
                 )
-                return span, Context({_SPAN_KEY: span})
+                return span, Context({SPAN_KEY: span})
         parent = extract_context(carrier) if carrier else _EMPTY
         span = self._tracer.start_span(
             method.name, context=parent, kind=SpanKind.SERVER, attributes=method.attributes

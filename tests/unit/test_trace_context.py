@@ -11,6 +11,7 @@ from ops.span_relay import context_row
 from ops.tracing import (
     carried_row,
     carried_span_context,
+    current_span,
     extract_context,
     inject_context,
 )
@@ -77,3 +78,15 @@ def test_context_rows_agree_with_the_propagator_or_defer_to_it(carrier: dict[str
 def test_our_own_traceparents_take_the_link_row_path() -> None:
     for flags in ("00", "01"):
         assert carried_row({"traceparent": f"00-{TID:032x}-{SID:016x}-{flags}"})
+
+
+def test_current_span_is_the_apis_current_span() -> None:
+    assert current_span() is trace.get_current_span() is trace.INVALID_SPAN
+    outer = NonRecordingSpan(SpanContext(TID, SID, False, TraceFlags(1)))
+    with trace.use_span(outer):
+        assert current_span() is trace.get_current_span() is outer
+        inner = NonRecordingSpan(SpanContext(TID, SID + 1, False, TraceFlags(1)))
+        with trace.use_span(inner):
+            assert current_span() is inner
+        assert current_span() is outer
+    assert current_span() is trace.INVALID_SPAN
