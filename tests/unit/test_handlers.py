@@ -131,3 +131,33 @@ def test_generic_handlers_wrap_each_method_once_and_forget_unknown_names() -> No
     assert wrapped == [("t", "/sundesk.v1.Desk/GetTicket")]
     assert len(generic._wrapped) == 1
     assert dispatcher.service(Details("/made.up/M0")) is None
+
+
+def test_a_method_the_server_does_not_have_is_unimplemented() -> None:
+    """With every method behind one generic handler, a name it lacks must still get
+    grpc's own UNIMPLEMENTED, for a made-up service and for a made-up method alike."""
+
+    async def run() -> list[grpc.StatusCode]:
+        server, registrar = make_server((), None, ())
+        desk_pb2_grpc.add_DeskServicer_to_server(Desk(), registrar)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        codes = []
+        try:
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                for method in ("/sundesk.v1.Desk/Nope", "/made.up.Service/Call"):
+                    call = channel.unary_unary(method)
+                    try:
+                        await call(b"", timeout=10)
+                    except aio.AioRpcError as exc:
+                        codes.append(exc.code())
+                # The server still serves what it has.
+                reply = await desk_pb2_grpc.DeskStub(channel).GetTicket(
+                    desk_pb2.GetTicketRequest(code="VEL-000007"), timeout=10
+                )
+                assert reply.code == "VEL-000007"
+        finally:
+            await server.stop(None)
+        return codes
+
+    assert asyncio.run(run()) == [grpc.StatusCode.UNIMPLEMENTED] * 2
