@@ -41,7 +41,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context, attach, detach
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from ops.metrics import Metrics
+from ops.metrics import Children, Metrics
 from ops.spans import RecordTracer
 from ops.tracing import ATTR_REGION, SPAN_KEY, carried_row, extract_context
 
@@ -54,7 +54,7 @@ _EMPTY = Context()
 class _Method:
     """What is known of a method before any call: names, attributes, metric children."""
 
-    __slots__ = ("_by_code", "_requests", "attributes", "duration", "method", "name", "service")
+    __slots__ = ("_counters", "attributes", "duration", "method", "name", "service")
 
     def __init__(self, full_method: str, metrics: Metrics, region: str) -> None:
         self.name = full_method.lstrip("/")
@@ -65,14 +65,10 @@ class _Method:
             ATTR_REGION: region,
         }
         self.duration = metrics.rpc_duration_seconds.labels(self.service, self.method)
-        self._requests = metrics.rpc_requests_total
-        self._by_code: dict[str, Any] = {}  # the counter of each status code met so far
+        self._counters = Children(metrics.rpc_requests_total)  # by (service, method, code)
 
     def record(self, code: str, seconds: float, span: Span) -> None:
-        counter = self._by_code.get(code)
-        if counter is None:
-            counter = self._by_code[code] = self._requests.labels(self.service, self.method, code)
-        counter.inc()
+        self._counters[self.service, self.method, code].inc()
         self.duration.observe(seconds)
         span.set_attribute("rpc.response.status_code", code)
         if code != "OK":
