@@ -18,10 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.create_ticket import measure
 from bench.load import median
@@ -37,7 +41,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--in-flight", type=int, default=64)
     args = parser.parse_args()
-    on_port, metrics_port, off_port, control_port, collector_port = free_ports(5)
+    on_port, metrics_port, off_port, control_port, collector_port, scrape_port = free_ports(6)
     with tempfile.TemporaryDirectory(prefix="sundesk-bench-") as tmp:
         base = Path(tmp)
         collector = subprocess.Popen(
@@ -71,7 +75,7 @@ def main() -> None:
                 base / name,
                 path,
                 base / f"{name}.log",
-                extra_args=[*extra, "--metrics-port", "0"],
+                extra_args=[*extra, "--metrics-port", str(scrape_port if name == "on" else 0)],
             ).start()
         rates: dict[str, list[float]] = {name: [] for name in nodes}
         cpu: dict[str, list[float]] = {name: [] for name in nodes}
@@ -86,11 +90,17 @@ def main() -> None:
                     rates[name].append(result.rate)
                     cpu[name].append(result.cpu_per_call or 0.0)
                     print(f"round {r + 1}: observability {name:7}  {result.summary()}")
+            # Every span the "on" node made reached the collector, none was dropped: the
+            # relay and the collector run below the node's priority (ops.priority), and
+            # waiting spans must not become lost ones.
+            spans = wait_for("the on node's span queue drained", lambda: _drained(scrape_port))
         finally:
             for node in nodes.values():
                 node.terminate()
             collector.terminate()
             collector.wait(10)
+        with sqlite3.connect(base / "traces.db") as db:
+            stored = db.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
     off = median(rates["off"])
     for name, what in (
         ("control", "control (no observability, like off)"),
@@ -109,6 +119,22 @@ def main() -> None:
         f"(+{(on_cpu / off_cpu - 1) * 100:.0f}%, the collector's own CPU not included); "
         f"load average {os.getloadavg()[0]:.1f}"
     )
+    print(
+        f"spans of the on node: {spans['sundesk_spans_exported_total']:.0f} exported, "
+        f"{spans['queue_full']:.0f} dropped (queue full), {spans['export_failed']:.0f} lost "
+        f"(export failed); {stored} in the collector after shutdown"
+    )
+
+
+def _drained(port: int) -> dict[str, float] | None:
+    """The node's span counts once nothing waits for export (None until then)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[sample.labels.get("reason", sample.name)] = sample.value
+    return values if values.get("sundesk_spans_queued", 1) == 0 else None
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ from node.trust import NodeTrust
 from node.watch import WatchHub
 from ops.interceptors import ObservabilityInterceptor
 from ops.metrics import Metrics
-from ops.tracing import get_tracer, make_tracer_provider, shutdown_tracing
+from ops.tracing import export_stats, get_tracer, make_tracer_provider, shutdown_tracing
 from sundesk.v1 import (
     contracts_pb2,
     contracts_pb2_grpc,
@@ -144,6 +144,9 @@ class Node:
             enabled=self.options.observability,
         )
         tracer = get_tracer(self.tracer_provider)
+        span_stats = export_stats(self.tracer_provider)
+        if span_stats is not None:
+            self.metrics.watch_spans(span_stats)
         self.observer = obs = NodeObserver(self.region.name, self.metrics, tracer, self.clock)
         trust = self.options.trust
         self.store = SqliteTicketStore(

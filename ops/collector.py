@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ops.priority import BACKGROUND_NICENESS, lower_priority
 from ops.tracing import ATTR_REGION, ATTR_TICKET
 
 log = logging.getLogger("sundesk.collector")
@@ -407,8 +408,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="default 127.0.0.1:4317",
     )
     parser.add_argument("--grace", type=float, default=5.0, help="seconds to finish exports")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        choices=range(20),
+        default=BACKGROUND_NICENESS,
+        metavar="0..19",
+        help=f"CPU niceness: below the nodes it serves (default {BACKGROUND_NICENESS})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    lower_priority(args.nice)
     host, port = args.listen
     try:
         asyncio.run(_run(args.db, host, port, args.grace))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -30,7 +30,12 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import start_http_server as _serve_registry
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.utils import floatToGoString
 
 # RPCs: a local SQLite read is well under a millisecond, a durable write a few, a large
@@ -189,6 +194,32 @@ class Children(dict[Any, Any]):
     def __missing__(self, key: Any) -> Any:
         child = self[key] = self._metric.labels(*(key if isinstance(key, tuple) else (key,)))
         return child
+
+
+class _SpanQueueCollector:
+    def __init__(self, stats: Callable[[], tuple[int, int, int, int]]) -> None:
+        self._stats = stats
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> list[Metric]:
+        exported, dropped, failed, waiting = self._stats()
+        sent = CounterMetricFamily(
+            "sundesk_spans_exported", "Spans this node's exporter delivered."
+        )
+        sent.add_metric([], exported)
+        lost = CounterMetricFamily(
+            "sundesk_spans_dropped",
+            "Spans lost (reason: queue_full, the export queue was full when the span ended; "
+            "export_failed, the endpoint did not take the batch).",
+            labels=["reason"],
+        )
+        lost.add_metric(["queue_full"], dropped)
+        lost.add_metric(["export_failed"], failed)
+        queued = GaugeMetricFamily("sundesk_spans_queued", "Ended spans waiting for export.")
+        queued.add_metric([], waiting)
+        return [sent, lost, queued]
 
 
 class Metrics:
@@ -437,6 +468,13 @@ class Metrics:
 
         for state in LEASE_STATES:
             self.lease_state.labels(state=state).set(0)
+
+    def watch_spans(self, stats: Callable[[], tuple[int, int, int, int]]) -> None:
+        """Expose the span export queue's counts (``ops.spans.SpanQueue.stats``), read at
+        each scrape: spans exported, spans lost (dropped by a full queue, or in a failed
+        export) and spans waiting. The queue counts with plain integers on its own
+        threads; nothing is added to the path of a span."""
+        self.registry.register(_SpanQueueCollector(stats))  # type: ignore[arg-type]
 
     # -- current-state gauges -------------------------------------------------------------
 

@@ -50,6 +50,8 @@ from opentelemetry.trace import (
     TraceState,
 )
 
+from ops.priority import lower_priority
+
 log = logging.getLogger("sundesk.tracing")
 
 _LENGTH = struct.Struct(">I")
@@ -567,6 +569,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--timeout", type=float, default=5.0)
     args = parser.parse_args(argv)
+    lower_priority()  # the node that started it serves first
     sender = OtlpSender(args.endpoint, args.timeout)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     try:

@@ -39,7 +39,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event
-from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
@@ -277,7 +277,11 @@ class SpanQueue:
         self._wake = threading.Event()
         self._export_lock = threading.Lock()  # the export thread and force_flush
         self._stopped = False
+        # Counts for the node's metrics (``Metrics.watch_spans``), each written by one
+        # thread: spans refused by a full queue, exported, lost with a failed export.
         self.dropped = 0
+        self.exported = 0
+        self.failed = 0
         self._thread = threading.Thread(target=self._run, name="sundesk-spans", daemon=True)
         self._thread.start()
 
@@ -308,13 +312,23 @@ class SpanQueue:
         while spans and (first or not full_only or len(spans) >= self._max_batch):
             first = False
             batch = [spans.popleft() for _ in range(min(len(spans), self._max_batch))]
+            result = SpanExportResult.FAILURE
             try:
                 if self._encoded is not None:
-                    self._encoded(encode_rows(self._resource_rows, batch), len(batch))
+                    result = self._encoded(encode_rows(self._resource_rows, batch), len(batch))
                 else:
-                    self._exporter.export(decode_rows(self._resources, batch))
+                    result = self._exporter.export(decode_rows(self._resources, batch))
             except Exception:  # a failing exporter must not end the export thread
                 log.exception("exporting %d spans failed", len(batch))
+            if result is SpanExportResult.SUCCESS:
+                self.exported += len(batch)
+            else:
+                self.failed += len(batch)
+
+    def stats(self) -> tuple[int, int, int, int]:
+        """(exported, dropped because the queue was full, lost in failed exports,
+        waiting now)."""
+        return self.exported, self.dropped, self.failed, len(self._spans)
 
     def force_flush(self, timeout_s: float) -> bool:
         """Export every ended span now; False if the export thread held on too long."""

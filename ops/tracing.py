@@ -17,7 +17,7 @@ gRPC metadata for RPCs and in ``Operation.trace_context`` for replicated operati
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from opentelemetry import trace
@@ -91,6 +91,14 @@ def flush_tracing(provider: TracerProvider, timeout_s: float = EXPORT_TIMEOUT_S)
     if isinstance(provider, RecordTracerProvider):
         return provider.force_flush(timeout_s)
     return True
+
+
+def export_stats(provider: TracerProvider) -> Callable[[], tuple[int, int, int, int]] | None:
+    """What reads the provider's export counts (``SpanQueue.stats``); None when it
+    records nothing."""
+    if isinstance(provider, RecordTracerProvider):
+        return provider.queue.stats
+    return None
 
 
 def shutdown_tracing(provider: TracerProvider, timeout_s: float = EXPORT_TIMEOUT_S) -> None:

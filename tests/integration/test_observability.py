@@ -4,6 +4,7 @@ trace gathers the work of every region in the embedded collector."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ops.collector import SpanStore, ticket_trace
+from ops.priority import BACKGROUND_NICENESS
 from sundesk.v1 import desk_pb2 as pb
 from tests.support.nodes import ROOT, Federation, free_ports, wait_for
 
@@ -166,3 +169,59 @@ def test_prometheus_finds_a_ticket_counter_per_region(fed: Federation, prometheu
 
     values = wait_for("a ticket counter per region in Prometheus", per_region, timeout=60)
     assert all(v >= 1 for v in values.values())
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # pid (comm) state ppid ...: comm may hold spaces, so read after its ")".
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a process that has just exited
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _scrape(port: int) -> dict[str, float]:
+    body = _get(f"http://127.0.0.1:{port}/metrics")
+    assert body is not None
+    values = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            reason = sample.labels.get("reason")
+            values[sample.name + (f"{{{reason}}}" if reason else "")] = sample.value
+    return values
+
+
+def test_span_export_runs_below_the_node_and_every_span_is_counted(
+    fed: Federation, collector: tuple[str, Path]
+) -> None:
+    node = fed.node("uk")
+    with node.client() as c:
+        c.desk.CreateTicket(pb.CreateTicketRequest(title="exported", customer="acme"))
+    port = fed.config.region("uk").metrics_port
+
+    def exported() -> dict[str, float] | None:
+        values = _scrape(port)
+        return values if values["sundesk_spans_exported_total"] > 0 else None
+
+    values = wait_for("uk's spans exported", exported, timeout=30)
+    assert values["sundesk_spans_dropped_total{queue_full}"] == 0
+    assert values["sundesk_spans_dropped_total{export_failed}"] == 0
+    assert "sundesk_spans_queued" in values
+    assert node.pid is not None
+    own = os.getpriority(os.PRIO_PROCESS, node.pid)
+    relays = [p for p in _children(node.pid) if b"ops.span_relay" in _cmdline(p)]
+    assert len(relays) == 1
+    assert os.getpriority(os.PRIO_PROCESS, relays[0]) == max(own, BACKGROUND_NICENESS)
+    (collector_pid,) = [p for p in _children(os.getpid()) if b"ops.collector" in _cmdline(p)]
+    assert os.getpriority(os.PRIO_PROCESS, collector_pid) >= BACKGROUND_NICENESS
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

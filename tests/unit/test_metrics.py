@@ -216,3 +216,17 @@ def test_http_server_on_port_zero_serves_this_registry() -> None:
     # Only this registry: none of prometheus_client's default process/platform collectors.
     assert "process_cpu_seconds_total" not in body
     assert "python_info" not in body
+
+
+def test_span_export_counts_are_read_at_each_scrape() -> None:
+    m = Metrics("velizy")
+    counts = [10, 0, 0, 3]
+    m.watch_spans(lambda: (counts[0], counts[1], counts[2], counts[3]))
+    assert value(m, "sundesk_spans_exported_total") == 10
+    assert value(m, "sundesk_spans_dropped_total", reason="queue_full") == 0
+    assert value(m, "sundesk_spans_queued") == 3
+    counts[:] = [12, 4, 2048, 0]
+    assert value(m, "sundesk_spans_exported_total") == 12
+    assert value(m, "sundesk_spans_dropped_total", reason="queue_full") == 4
+    assert value(m, "sundesk_spans_dropped_total", reason="export_failed") == 2048
+    assert value(m, "sundesk_spans_queued") == 0

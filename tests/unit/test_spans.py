@@ -188,6 +188,34 @@ def test_a_full_queue_drops_new_spans_and_counts_them_and_shutdown_exports_the_r
     assert all(len(b) <= 2 for b in encoded.batches)
     tracer.start_span("after shutdown").end()
     assert queue.dropped == 5 - len(exported) + 1
+    assert queue.stats() == (len(exported), queue.dropped, 0, 0)
+
+
+class _Failing(SpanExporter):
+    """Refuses one batch, raises on the next, then takes the rest."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.calls += 1
+        if self.calls == 1:
+            return SpanExportResult.FAILURE
+        if self.calls == 2:
+            raise ConnectionError("endpoint gone")
+        return SpanExportResult.SUCCESS
+
+
+def test_spans_lost_in_a_failed_export_are_counted_apart_from_those_exported() -> None:
+    p = RecordTracerProvider(_Failing(), RESOURCE, delay_s=60.0, max_queue=100, max_batch=10)
+    tracer = p.get_tracer("sundesk")
+    for n in (3, 2, 4):  # one batch for each export
+        for i in range(n):
+            tracer.start_span(f"s{i}").end()
+        assert p.queue.stats()[3] == n  # waiting
+        assert p.force_flush(5.0)
+    assert p.queue.stats() == (4, 0, 5, 0)
+    p.shutdown(5.0)
 
 
 def test_the_export_thread_sends_a_partial_batch_only_first_and_a_flush_sends_it_all() -> None:
