@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from ops.collector import (
     serve_collector,
     spans_from_request,
     ticket_trace,
+    trace_key,
 )
 from ops.tracing import (
     ATTR_OP_ID,
@@ -138,7 +140,7 @@ def test_ticket_trace_spans_two_regions(tmp_path: Path) -> None:
     assert "no trace" in render_waterfall({"trace_id": None, "spans": []})
 
 
-def test_otlp_values_become_json_and_retries_are_stored_once(tmp_path: Path) -> None:
+def test_otlp_values_become_json_and_a_retried_span_is_read_once(tmp_path: Path) -> None:
     def kv(key: str, value: AnyValue) -> KeyValue:
         return KeyValue(key=key, value=value)
 
@@ -178,6 +180,11 @@ def test_otlp_values_become_json_and_retries_are_stored_once(tmp_path: Path) -> 
         store.add_spans([row])
         store.add_spans([row])
         assert len(store.spans(row.trace_id)) == 1
+        plan = store._db.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM spans WHERE trace_key = ? AND trace_id = ?",
+            (trace_key(row.trace_id), row.trace_id),
+        ).fetchall()
+        assert "spans_by_trace" in str(plan)
         trace = ticket_trace(store, "UK-000042")
         assert trace["spans"][0]["start"] == "2026-01-05T09:00:00.123456+00:00"
         assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -225,3 +232,38 @@ def test_process_entry_serves_until_sigterm(tmp_path: Path) -> None:
     finally:
         store.close()
     assert [(s["name"], s["region"]) for s in trace["spans"]] == [("x", "uk")]
+
+
+OLD_SCHEMA = """
+CREATE TABLE spans (
+    trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_span_id TEXT, name TEXT NOT NULL,
+    region TEXT, ticket TEXT, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,
+    attributes TEXT NOT NULL
+);
+CREATE UNIQUE INDEX spans_by_id ON spans (trace_id, span_id);
+CREATE INDEX spans_by_ticket ON spans (ticket, start_ns) WHERE ticket IS NOT NULL;
+"""
+
+
+def test_a_database_from_before_the_trace_key_keeps_its_spans(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_SCHEMA)
+    trace_id = "f" * 16 + "0" * 16  # above 2**63: a negative key
+    old.execute(
+        "INSERT INTO spans VALUES (?, ?, NULL, 'handoff', 'uk', 'UK-000001', 1, 2, '{}')",
+        (trace_id, "1" * 16),
+    )
+    old.commit()
+    old.close()
+    store = SpanStore(path)
+    try:
+        (span,) = store.spans(trace_id)
+        assert span["name"] == "handoff" and span["ticket"] == "UK-000001"
+        assert store.trace_ids_for_ticket("UK-000001") == [trace_id]
+        indexes = {r[1] for r in store._db.execute("PRAGMA index_list(spans)")}
+        assert "spans_by_trace" in indexes and "spans_by_id" not in indexes
+        assert trace_key(trace_id) < 0
+    finally:
+        store.close()
+    SpanStore(path).close()  # opened again: nothing left to migrate
