@@ -22,17 +22,16 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.create_ticket import measure
 from bench.load import median
 from federation.config import load_config
+from ops.metrics import scrape
 from ops.processes import ROOT, NodeProcess, free_ports, wait_for
 
 ORDER = ("off", "control", "metrics", "on")
+DROPPED = 'sundesk_spans_dropped_total{{reason="{}"}}'
 
 
 def main() -> None:
@@ -121,19 +120,15 @@ def main() -> None:
     )
     print(
         f"spans of the on node: {spans['sundesk_spans_exported_total']:.0f} exported, "
-        f"{spans['queue_full']:.0f} dropped (queue full), {spans['export_failed']:.0f} lost "
-        f"(export failed); {stored} in the collector after shutdown"
+        f"{spans[DROPPED.format('queue_full')]:.0f} dropped (queue full), "
+        f"{spans[DROPPED.format('export_failed')]:.0f} lost (export failed); "
+        f"{stored} in the collector after shutdown"
     )
 
 
 def _drained(port: int) -> dict[str, float] | None:
-    """The node's span counts once nothing waits for export (None until then)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            values[sample.labels.get("reason", sample.name)] = sample.value
+    """The node's metrics once no span waits for export (None until then)."""
+    values = scrape(port)
     return values if values.get("sundesk_spans_queued", 1) == 0 else None
 
 

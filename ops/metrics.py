@@ -16,6 +16,7 @@ the scraper's target label) but is exposed once, as ``sundesk_node_info{region=.
 from __future__ import annotations
 
 import threading
+import urllib.request
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -36,6 +37,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 # RPCs: a local SQLite read is well under a millisecond, a durable write a few, a large
@@ -562,3 +564,18 @@ class Metrics:
             server.server_close()
         if thread is not None:
             thread.join(timeout=5)
+
+
+def scrape(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> dict[str, float]:
+    """A node's /metrics as ``{series: value}``, each series written as in PromQL:
+    ``name`` or ``name{label="value",...}`` with labels by name. For tests and benchmarks;
+    raises ``OSError`` when nothing answers."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy
+    with direct.open(f"http://{host}:{port}/metrics", timeout=timeout) as reply:
+        text = reply.read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values

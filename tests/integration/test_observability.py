@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ops.collector import SpanStore, ticket_trace
+from ops.metrics import scrape
 from ops.priority import BACKGROUND_NICENESS
 from sundesk.v1 import desk_pb2 as pb
 from tests.support.nodes import ROOT, Federation, free_ports, wait_for
@@ -184,17 +184,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _scrape(port: int) -> dict[str, float]:
-    body = _get(f"http://127.0.0.1:{port}/metrics")
-    assert body is not None
-    values = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            reason = sample.labels.get("reason")
-            values[sample.name + (f"{{{reason}}}" if reason else "")] = sample.value
-    return values
-
-
 def test_span_export_runs_below_the_node_and_every_span_is_counted(
     fed: Federation, collector: tuple[str, Path]
 ) -> None:
@@ -204,12 +193,12 @@ def test_span_export_runs_below_the_node_and_every_span_is_counted(
     port = fed.config.region("uk").metrics_port
 
     def exported() -> dict[str, float] | None:
-        values = _scrape(port)
+        values = scrape(port)
         return values if values["sundesk_spans_exported_total"] > 0 else None
 
     values = wait_for("uk's spans exported", exported, timeout=30)
-    assert values["sundesk_spans_dropped_total{queue_full}"] == 0
-    assert values["sundesk_spans_dropped_total{export_failed}"] == 0
+    assert values['sundesk_spans_dropped_total{reason="queue_full"}'] == 0
+    assert values['sundesk_spans_dropped_total{reason="export_failed"}'] == 0
     assert "sundesk_spans_queued" in values
     assert node.pid is not None
     own = os.getpriority(os.PRIO_PROCESS, node.pid)

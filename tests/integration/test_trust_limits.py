@@ -9,10 +9,8 @@ node acknowledged is still there, also after a restart.
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from node.limits import NodeLimits
 from ops.certs import CertPaths, init_certs
 from ops.client import Client
 from ops.credentials import from_certs_dir, from_files, mint_token
+from ops.metrics import scrape
 from sundesk.v1 import desk_pb2, federation_pb2, sun_pb2
 from sundesk.v1 import desk_pb2 as pb
 from tests.support.nodes import ROOT, Federation, free_ports
@@ -62,10 +61,7 @@ def node_fed(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[
 
 
 def metric(fed: Federation, name: str) -> float:
-    port = fed.config.region("velizy").metrics_port
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as reply:
-        match = re.search(rf"^{name} (\S+)$", reply.read().decode(), re.M)
-    return float(match.group(1)) if match else 0.0
+    return scrape(fed.config.region("velizy").metrics_port).get(name, 0.0)
 
 
 def agent(fed: Federation, certs: Path, subject: str) -> Client:

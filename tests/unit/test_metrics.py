@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.metrics import Children, Metrics
+from ops.metrics import Children, Metrics, scrape
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -209,8 +209,11 @@ def test_http_server_on_port_zero_serves_this_registry() -> None:
             assert resp.status == 200
             assert resp.headers["Content-Type"].startswith("text/plain")
             body = resp.read().decode()
+        series = scrape(port)
     finally:
         m.stop_http_server()
+    assert series["sundesk_comments_total"] == 3
+    assert series['sundesk_node_info{region="germany"}'] == 1
     assert "sundesk_comments_total 3.0" in body
     assert 'sundesk_node_info{region="germany"} 1.0' in body
     # Only this registry: none of prometheus_client's default process/platform collectors.
