@@ -219,7 +219,9 @@ class _SpanQueueCollector:
         )
         lost.add_metric(["queue_full"], dropped)
         lost.add_metric(["export_failed"], failed)
-        queued = GaugeMetricFamily("sundesk_spans_queued", "Ended spans waiting for export.")
+        queued = GaugeMetricFamily(
+            "sundesk_spans_queued", "Ended spans not yet exported (queued, or being exported)."
+        )
         queued.add_metric([], waiting)
         return [sent, lost, queued]
 

@@ -282,6 +282,7 @@ class SpanQueue:
         self.dropped = 0
         self.exported = 0
         self.failed = 0
+        self._in_flight = 0  # spans of the batch being exported
         self._thread = threading.Thread(target=self._run, name="sundesk-spans", daemon=True)
         self._thread.start()
 
@@ -311,7 +312,10 @@ class SpanQueue:
         first = True
         while spans and (first or not full_only or len(spans) >= self._max_batch):
             first = False
-            batch = [spans.popleft() for _ in range(min(len(spans), self._max_batch))]
+            # Counted as waiting until counted as exported or lost (``stats``): set
+            # before the batch leaves the queue, cleared after it is counted.
+            self._in_flight = min(len(spans), self._max_batch)
+            batch = [spans.popleft() for _ in range(self._in_flight)]
             result = SpanExportResult.FAILURE
             try:
                 if self._encoded is not None:
@@ -324,11 +328,12 @@ class SpanQueue:
                 self.exported += len(batch)
             else:
                 self.failed += len(batch)
+            self._in_flight = 0
 
     def stats(self) -> tuple[int, int, int, int]:
         """(exported, dropped because the queue was full, lost in failed exports,
-        waiting now)."""
-        return self.exported, self.dropped, self.failed, len(self._spans)
+        waiting now: queued or being exported)."""
+        return self.exported, self.dropped, self.failed, len(self._spans) + self._in_flight
 
     def force_flush(self, timeout_s: float) -> bool:
         """Export every ended span now; False if the export thread held on too long."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -237,4 +238,35 @@ def test_the_export_thread_sends_a_partial_batch_only_first_and_a_flush_sends_it
     assert p.force_flush(5.0)
     exported = [s.name for b in encoded.batches for s in b]
     assert exported == [f"s{i}" for i in range(9)]
+    p.shutdown(5.0)
+
+
+class _Held(SpanExporter):
+    """Holds each export until released."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.entered.set()
+        assert self.release.wait(10)
+        return SpanExportResult.SUCCESS
+
+
+def test_a_batch_being_exported_still_counts_as_waiting() -> None:
+    held = _Held()
+    p = RecordTracerProvider(held, RESOURCE, delay_s=60.0, max_queue=100, max_batch=10)
+    tracer = p.get_tracer("sundesk")
+    for i in range(4):
+        tracer.start_span(f"s{i}").end()
+    flushing = threading.Thread(target=p.force_flush, args=(10.0,))
+    flushing.start()
+    try:
+        assert held.entered.wait(10)
+        assert p.queue.stats() == (0, 0, 0, 4)  # out of the queue, not exported yet
+    finally:
+        held.release.set()
+        flushing.join(10)
+    assert p.queue.stats() == (4, 0, 0, 0)
     p.shutdown(5.0)
