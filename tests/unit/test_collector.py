@@ -16,18 +16,20 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 from opentelemetry.trace import SpanKind, TracerProvider
 
 from ops.collector import (
+    EXPORT_METHOD,
     SpanStore,
     render_waterfall,
     serve_collector,
     spans_from_request,
     ticket_trace,
-    trace_key,
 )
 from ops.tracing import (
     ATTR_OP_ID,
@@ -177,19 +179,51 @@ def test_otlp_values_become_json_and_a_retried_span_is_read_once(tmp_path: Path)
 
     store = SpanStore(tmp_path / "t.db")
     try:
-        store.add_spans([row])
-        store.add_spans([row])
+        data = request.SerializeToString()
+        assert store.add_request(data) == 1
+        assert store.add_request(data) == 1  # an exporter's retry
         assert len(store.spans(row.trace_id)) == 1
-        plan = store._db.execute(
-            "EXPLAIN QUERY PLAN SELECT * FROM spans WHERE trace_key = ? AND trace_id = ?",
-            (trace_key(row.trace_id), row.trace_id),
-        ).fetchall()
-        assert "spans_by_trace" in str(plan)
+        # A trace id found across the bytes of two others matches their request, whose
+        # parse then yields nothing of it.
+        a, b = bytes(range(100, 116)), bytes(range(200, 216))
+        two = [Span(trace_id=t, span_id=b"\x01" * 8, name="x") for t in (a, b)]
+        store.add_request(
+            ExportTraceServiceRequest(
+                resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=two)])]
+            ).SerializeToString()
+        )
+        straddling = a[8:] + b[:8]
+        assert store._db.execute(
+            "SELECT COUNT(*) FROM request_index WHERE instr(trace_ids, ?) > 0", (straddling,)
+        ).fetchone() == (1,)
+        assert store.spans(straddling.hex()) == []
+        assert [s["name"] for s in store.spans(a.hex())] == ["x"]
         trace = ticket_trace(store, "UK-000042")
         assert trace["spans"][0]["start"] == "2026-01-05T09:00:00.123456+00:00"
         assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        with pytest.raises(ValueError, match="not an OTLP ExportTraceServiceRequest"):
+            store.add_request(b"\xff\xff not protobuf")
+        assert store.trace_ids_for_ticket("UK-000042") == [row.trace_id]  # nothing added
     finally:
         store.close()
+
+
+def test_a_request_that_is_not_otlp_is_refused_with_invalid_argument(tmp_path: Path) -> None:
+    async def main() -> grpc.StatusCode:
+        server, port = await serve_collector(tmp_path / "t.db")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                export = channel.unary_unary(EXPORT_METHOD)
+                try:
+                    await export(b"\xff\xff not protobuf", timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    assert "ExportTraceServiceRequest" in (exc.details() or "")
+                    return exc.code()
+                return grpc.StatusCode.OK
+        finally:
+            await server.stop(1)
+
+    assert asyncio.run(main()) is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def free_port() -> int:
@@ -245,25 +279,54 @@ CREATE INDEX spans_by_ticket ON spans (ticket, start_ns) WHERE ticket IS NOT NUL
 """
 
 
-def test_a_database_from_before_the_trace_key_keeps_its_spans(tmp_path: Path) -> None:
+def test_a_database_of_span_rows_is_moved_to_requests_and_keeps_its_spans(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "old.db"
     old = sqlite3.connect(path)
     old.executescript(OLD_SCHEMA)
     trace_id = "f" * 16 + "0" * 16  # above 2**63: a negative key
-    old.execute(
-        "INSERT INTO spans VALUES (?, ?, NULL, 'handoff', 'uk', 'UK-000001', 1, 2, '{}')",
-        (trace_id, "1" * 16),
+    old.executemany(
+        "INSERT INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (trace_id, "1" * 16, None, "handoff", "uk", "UK-000001", 1, 5, "{}"),
+            (
+                trace_id,
+                "2" * 16,
+                "1" * 16,
+                "store.commit",
+                "uk",
+                None,
+                2,
+                4,
+                '{"n": 3, "otel.status_code": "ERROR", "otel.status_description": "disk"}',
+            ),
+        ],
     )
     old.commit()
     old.close()
     store = SpanStore(path)
     try:
-        (span,) = store.spans(trace_id)
-        assert span["name"] == "handoff" and span["ticket"] == "UK-000001"
+        handoff, commit = store.spans(trace_id)
+        assert (handoff["name"], handoff["ticket"], handoff["region"]) == (
+            "handoff",
+            "UK-000001",
+            "uk",
+        )
+        assert (commit["parent_span_id"], commit["start_ns"], commit["end_ns"]) == ("1" * 16, 2, 4)
+        assert commit["attributes"] == {
+            "n": 3,
+            "otel.status_code": "ERROR",
+            "otel.status_description": "disk",
+        }
         assert store.trace_ids_for_ticket("UK-000001") == [trace_id]
-        indexes = {r[1] for r in store._db.execute("PRAGMA index_list(spans)")}
-        assert "spans_by_trace" in indexes and "spans_by_id" not in indexes
-        assert trace_key(trace_id) < 0
+        tables = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master")}
+        assert "spans" not in tables
     finally:
         store.close()
-    SpanStore(path).close()  # opened again: nothing left to migrate
+    store = SpanStore(path)  # opened again: nothing left to move, nothing doubled
+    try:
+        assert len(store.spans(trace_id)) == 2
+        assert store._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 1
+    finally:
+        store.close()
