@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 from bench.create_ticket import measure
 from bench.load import median
 from federation.config import load_config
+from ops.collector import SpanStore
 from ops.metrics import scrape
 from ops.processes import ROOT, NodeProcess, free_ports, wait_for
 
@@ -98,8 +98,9 @@ def main() -> None:
                 node.terminate()
             collector.terminate()
             collector.wait(10)
-        with sqlite3.connect(base / "traces.db") as db:
-            stored = db.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
+        store = SpanStore(base / "traces.db")
+        stored = store.count()
+        store.close()
     off = median(rates["off"])
     for name, what in (
         ("control", "control (no observability, like off)"),

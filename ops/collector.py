@@ -59,7 +59,8 @@ log = logging.getLogger("sundesk.collector")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS request_index (
-    request INTEGER PRIMARY KEY, trace_ids BLOB NOT NULL, tickets TEXT NOT NULL
+    request INTEGER PRIMARY KEY, trace_ids BLOB NOT NULL, tickets TEXT NOT NULL,
+    spans INTEGER NOT NULL
 );
 """
 _MATCHING = (
@@ -136,8 +137,8 @@ class SpanStore:
             try:
                 row = self._db.execute("INSERT INTO requests (data) VALUES (?)", (data,))
                 self._db.execute(
-                    "INSERT INTO request_index VALUES (?, ?, ?)",
-                    (row.lastrowid, b"".join(traces), tagged),
+                    "INSERT INTO request_index VALUES (?, ?, ?, ?)",
+                    (row.lastrowid, b"".join(traces), tagged, count),
                 )
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -150,6 +151,12 @@ class SpanStore:
         with self._lock:
             found = self._db.execute(_MATCHING.format(column=column), (value,)).fetchall()
         return [_Request.FromString(d) for (d,) in found]
+
+    def count(self) -> int:
+        """Spans stored (a span received twice counts twice)."""
+        with self._lock:
+            (total,) = self._db.execute("SELECT TOTAL(spans) FROM request_index").fetchone()
+        return int(total)
 
     def trace_ids_for_ticket(self, code: str) -> list[str]:
         """Traces with a span tagged with this ticket, the earliest-started first."""

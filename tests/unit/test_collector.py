@@ -182,6 +182,7 @@ def test_otlp_values_become_json_and_a_retried_span_is_read_once(tmp_path: Path)
         data = request.SerializeToString()
         assert store.add_request(data) == 1
         assert store.add_request(data) == 1  # an exporter's retry
+        assert store.count() == 2
         assert len(store.spans(row.trace_id)) == 1
         # A trace id found across the bytes of two others matches their request, whose
         # parse then yields nothing of it.
