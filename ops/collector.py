@@ -69,8 +69,7 @@ _MATCHING = (
 )
 _OLD_SPANS = (  # the row per span of databases written before 2026-12-05
     "SELECT trace_id, span_id, parent_span_id, name, region, ticket, start_ns, end_ns, "
-    "attributes "
-    "FROM spans ORDER BY rowid"
+    "attributes FROM spans ORDER BY rowid"
 )
 
 
@@ -181,7 +180,8 @@ class SpanStore:
     def _migrate(self) -> None:
         """Move the spans of a database written a row per span into requests (one per
         2,048 spans, encoded as the span relay encodes), then drop the old table. The span
-        kind was not kept there: such spans come back as INTERNAL."""
+        kind was not kept there: such spans come back as INTERNAL. Interrupted, it starts
+        over on the next open, and the spans it had moved are then read once (``spans``)."""
         old = self._db.execute(_OLD_SPANS).fetchall()
         resources: dict[str | None, int] = {}
         rows = []
