@@ -79,7 +79,7 @@ _STATUS_CODES = {name: code for code, name in _STATUS_NAMES.items()}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class SpanRow(NamedTuple):  # a tuple: made for every span received
+class SpanRow(NamedTuple):  # a span as read back: a tuple, made for each span a read parses
     trace_id: str
     span_id: str
     parent_span_id: str | None
