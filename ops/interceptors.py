@@ -43,7 +43,14 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from ops.metrics import Children, Metrics
 from ops.spans import RecordTracer
-from ops.tracing import ATTR_REGION, SPAN_KEY, carried_row, extract_context
+from ops.tracing import (
+    ATTR_REGION,
+    SPAN_KEY,
+    attach_current,
+    carried_row,
+    detach_current,
+    extract_context,
+)
 
 _CODE_NAMES: dict[Any, str] = {code: code.name for code in grpc.StatusCode}
 _CODE_NAMES.update({code.value[0]: code.name for code in grpc.StatusCode})
@@ -212,7 +219,7 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
         async def handler(request: Any, context: aio.ServicerContext) -> Any:
             start = time.perf_counter()
             span, ctx = self._start(method, carrier, context)
-            token = attach(ctx) if ctx is not None else None
+            token = attach_current(ctx) if ctx is not None else None
             code = "UNKNOWN"
             try:
                 result = behavior(request, context)
@@ -233,7 +240,7 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
                 raise
             finally:
                 if token is not None:
-                    detach(token)
+                    detach_current(token)  # attached above, in this same coroutine
                 method.record(code, time.perf_counter() - start, span)
 
         return handler

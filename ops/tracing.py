@@ -18,10 +18,13 @@ gRPC metadata for RPCs and in ``Operation.trace_context`` for replicated operati
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
 from typing import Any, cast
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import Context, get_current
+from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Span, SpanContext, TraceFlags, Tracer, TracerProvider
@@ -49,6 +52,29 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 # The key under which the API keeps the current span (``trace.set_span_in_context``),
 # read once: a context holding a span is then made in one step, and read in one.
 (SPAN_KEY,) = trace.set_span_in_context(trace.INVALID_SPAN, Context())
+
+
+def _context_calls() -> tuple[
+    Callable[[Context], Token[Context]],
+    Callable[[Token[Context]], None],
+    Callable[[], Context],
+]:
+    """``attach``, ``detach`` and ``get_current`` for the hot paths: the methods of the
+    ``ContextVar`` that OpenTelemetry's default runtime context keeps, which its functions
+    reach two calls deep; OpenTelemetry's own functions under any other runtime context.
+    A traced call makes, reads and resets its context on every RPC, and in a node each of
+    those frames runs with cold caches (``bench.span_cost``). Unlike OpenTelemetry's
+    ``detach``, the fast one raises if the token is not this context's: callers use it
+    where they attached in the same task."""
+    var = getattr(otel_context._RUNTIME_CONTEXT, "_current_context", None)
+    if isinstance(otel_context._RUNTIME_CONTEXT, ContextVarsRuntimeContext) and isinstance(
+        var, ContextVar
+    ):
+        return var.set, var.reset, var.get
+    return otel_context.attach, otel_context.detach, otel_context.get_current
+
+
+attach_current, detach_current, get_current = _context_calls()
 
 
 def current_span() -> Span:
