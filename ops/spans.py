@@ -123,9 +123,11 @@ class RecordSpan(trace.Span):
             if attributes and None in attributes.values()
             else dict(attributes or ())
         )
-        self._events: list[Event] = []
-        self._links: list[Link] = [k for k in links if k.context.is_valid] if links else []
-        self._link_rows: list[list[Any] | str] = []
+        # Most spans have no events and no links: they share an empty tuple until a first
+        # one is added, rather than make three lists that stay empty.
+        self._events: Sequence[Event] = ()
+        self._links: Sequence[Link] = [k for k in links if k.context.is_valid] if links else ()
+        self._link_rows: Sequence[list[Any] | str] = ()
         self._context: SpanContext | None = None
         self._traceparent: str | None = None
         self.status = _UNSET
@@ -178,18 +180,18 @@ class RecordSpan(trace.Span):
         self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
     ) -> None:
         if self.end_time is None:
-            self._events.append(Event(name, attributes, timestamp or time.time_ns()))
+            self._events = [*self._events, Event(name, attributes, timestamp or time.time_ns())]
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if self.end_time is None and context.is_valid:
-            self._links.append(Link(context, attributes))
+            self._links = [*self._links, Link(context, attributes)]
 
     def add_link_rows(self, rows: Sequence[list[Any] | str]) -> None:
         """Links already in the form of ``ops.span_relay.span_row``'s link rows: a row
         (``[ops.tracing.carried_row(...), attributes]``) or a ``traceparent`` text, read at
         export."""
         if self.end_time is None:
-            self._link_rows.extend(rows)
+            self._link_rows = [*self._link_rows, *rows]
 
     def update_name(self, name: str) -> None:
         if self.end_time is None:
@@ -400,8 +402,13 @@ class RecordTracer(trace.Tracer):
         root), for callers that hold the parent's ids as text (``ops.tracing.carried_row``)
         rather than as a context."""
         if parent is None:
-            trace_id, span_id = _new_ids()
-            row = [trace_id, span_id, 1, False]
+            # A new trace id and span id, as hex, from one draw of random bits (made here,
+            # not in a function of their own: one frame fewer on every root's path).
+            text = f"{random.getrandbits(192):048x}"
+            row = [text[:32], text[32:], 1, False]
+            if row[0] == ZERO_TRACE_ID or row[1] == ZERO_SPAN_ID:  # invalid ids: draw again
+                row[0] = f"{random.getrandbits(128) or 1:032x}"
+                row[1] = f"{_new_span_id():016x}"
             return RecordSpan(self, name, row, None, kind, attributes, links, start_time)
         new_id = _new_span_id()
         if not parent[2] & 1:  # not sampled: nothing recorded, the trace goes on
@@ -479,12 +486,3 @@ class RecordTracerProvider(trace.TracerProvider):
 
 def _new_span_id() -> int:
     return random.getrandbits(64) or 1  # zero is the invalid id
-
-
-def _new_ids() -> tuple[str, str]:
-    """A new trace id and span id, as hex, from one draw of random bits."""
-    text = f"{random.getrandbits(192):048x}"
-    trace_id, span_id = text[:32], text[32:]
-    if trace_id == ZERO_TRACE_ID or span_id == ZERO_SPAN_ID:
-        return f"{random.getrandbits(128) or 1:032x}", f"{_new_span_id():016x}"
-    return trace_id, span_id
