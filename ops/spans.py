@@ -125,9 +125,11 @@ class RecordSpan(trace.Span):
         )
         # Most spans have no events and no links: they share an empty tuple until a first
         # one is added, rather than make three lists that stay empty.
-        self._events: Sequence[Event] = ()
-        self._links: Sequence[Link] = [k for k in links if k.context.is_valid] if links else ()
-        self._link_rows: Sequence[list[Any] | str] = ()
+        self._events: list[Event] | tuple[()] = ()
+        self._links: list[Link] | tuple[()] = (
+            [k for k in links if k.context.is_valid] if links else ()
+        )
+        self._link_rows: list[list[Any] | str] | tuple[()] = ()
         self._context: SpanContext | None = None
         self._traceparent: str | None = None
         self.status = _UNSET
@@ -180,18 +182,24 @@ class RecordSpan(trace.Span):
         self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
     ) -> None:
         if self.end_time is None:
-            self._events = [*self._events, Event(name, attributes, timestamp or time.time_ns())]
+            if not self._events:
+                self._events = []
+            self._events.append(Event(name, attributes, timestamp or time.time_ns()))
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
         if self.end_time is None and context.is_valid:
-            self._links = [*self._links, Link(context, attributes)]
+            if not self._links:
+                self._links = []
+            self._links.append(Link(context, attributes))
 
     def add_link_rows(self, rows: Sequence[list[Any] | str]) -> None:
         """Links already in the form of ``ops.span_relay.span_row``'s link rows: a row
         (``[ops.tracing.carried_row(...), attributes]``) or a ``traceparent`` text, read at
         export."""
         if self.end_time is None:
-            self._link_rows = [*self._link_rows, *rows]
+            if not self._link_rows:
+                self._link_rows = []
+            self._link_rows.extend(rows)
 
     def update_name(self, name: str) -> None:
         if self.end_time is None:
