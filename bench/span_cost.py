@@ -57,7 +57,8 @@ def _wrapped(traced: bool) -> Callable[..., Any]:
 
     wrapper = ObservabilityInterceptor(metrics, tracer, "velizy")
     handler = grpc.unary_unary_rpc_method_handler(create)
-    call: Callable[..., Any] = wrapper.wrap_handler(METHOD, handler).unary_unary
+    # As a node routes a call that brings no trace context (``node.handlers``).
+    call: Callable[..., Any] = wrapper.call_router(METHOD, handler)(()).unary_unary
     return call
 
 

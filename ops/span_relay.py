@@ -165,7 +165,7 @@ def span_row(
         [*([context_row(k.context), _attrs(k.attributes)] for k in links), *link_rows]
         if links or link_rows
         else [],
-        _KIND_VALUES[kind],
+        KIND_VALUES[kind],
         scope,
         [_STATUS_VALUES[status.status_code], status.description],
         start,
@@ -174,7 +174,7 @@ def span_row(
 
 
 # ``Enum.value`` is a property, looked up through the enum machinery on every span.
-_KIND_VALUES = {kind: kind.value for kind in SpanKind}
+KIND_VALUES = {kind: kind.value for kind in SpanKind}
 _STATUS_VALUES = {code: code.value for code in StatusCode}
 
 

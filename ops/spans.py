@@ -52,6 +52,7 @@ from opentelemetry.trace import (
 from opentelemetry.util import types
 
 from ops.span_relay import (
+    KIND_VALUES,
     ZERO_SPAN_ID,
     ZERO_TRACE_ID,
     context_row,
@@ -240,10 +241,29 @@ class RecordSpan(trace.Span):
         if self.end_time is not None:
             return
         self.end_time = end_time if end_time is not None else time.time_ns()
-        # The row is made here, on the thread that ended the span, so that the export
-        # thread holds the GIL only briefly (see SpanQueue).
-        self._queue.put(
-            span_row(
+        self._queue.put(self._row())
+
+    def end_call(self, code: str) -> None:
+        """End an RPC's span with its status code (``rpc.response.status_code``; any code
+        but OK also sets ``error.type`` and an ERROR status): what ``set_attribute``,
+        ``set_status`` and ``end`` do, in one call on every RPC's path."""
+        if self.end_time is not None:
+            return
+        self._attributes["rpc.response.status_code"] = code
+        if code != "OK":
+            self._attributes["error.type"] = code
+            if self.status.status_code is not _OK:
+                self.status = Status(StatusCode.ERROR, code)
+        self.end_time = time.time_ns()
+        self._queue.put(self._row())
+
+    def _row(self) -> list[Any]:
+        """This ended span as ``ops.span_relay.span_row`` makes it, built here without
+        that call in the common case (no events, no links, status unset). The row is made
+        on the thread that ended the span, so that the export thread holds the GIL only
+        briefly (see SpanQueue)."""
+        if self._events or self._links or self._link_rows or self.status is not _UNSET:
+            return span_row(
                 self.name,
                 self.row,
                 self.parent_row,
@@ -258,7 +278,20 @@ class RecordSpan(trace.Span):
                 self.end_time,
                 self._link_rows,
             )
-        )
+        return [
+            self.name,
+            self.row,
+            self.parent_row,
+            0,
+            self._attributes,
+            [],
+            [],
+            KIND_VALUES[self.kind],
+            self._scope,
+            [0, None],
+            self.start_time,
+            self.end_time,
+        ]
 
 
 class SpanQueue:

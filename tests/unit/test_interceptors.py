@@ -341,3 +341,25 @@ def test_call_router_wraps_once_for_calls_without_trace_context() -> None:
     assert route(()) is plain and plain is not handler
     traced = route((("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),))
     assert traced is not plain and traced.unary_unary is not None
+
+
+def test_a_call_without_trace_context_is_a_root_the_handler_sees() -> None:
+    """Without a traceparent the call's span is a new root (made inline when the node's
+    own tracer is wired at registration); inside the handler it is the current span, and
+    a crash (which the error mapping inside turns into INTERNAL) ends it in error."""
+    replies: list[desk_pb2.Ticket] = []
+
+    async def calls(env: Env) -> None:
+        replies.append(await env.stub.GetTicket(desk_pb2.GetTicketRequest()))
+        await status_of(env.stub.AddComment(desk_pb2.AddCommentRequest()))
+
+    spans = run_with_server(calls).spans()
+    span = spans[f"{DESK}/GetTicket"][0]
+    assert span.parent is None and span.context.is_valid and span.context.trace_flags.sampled
+    assert dict(replies[0].labels) == {
+        "traceparent": f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-01"
+    }
+    crashed = spans[f"{DESK}/AddComment"][0]
+    assert crashed.parent is None and crashed.status.status_code is StatusCode.ERROR
+    assert crashed.attributes is not None
+    assert crashed.attributes["rpc.response.status_code"] == "INTERNAL"

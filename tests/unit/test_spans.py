@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -23,8 +24,8 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from ops.span_relay import decode_spans
-from ops.spans import RecordTracerProvider
+from ops.span_relay import decode_spans, span_row
+from ops.spans import RecordSpan, RecordTracerProvider
 
 RESOURCE = Resource.create({"service.name": "sundesk-node", "sundesk.region": "velizy"})
 
@@ -270,3 +271,61 @@ def test_a_batch_being_exported_still_counts_as_waiting() -> None:
         flushing.join(10)
     assert p.queue.stats() == (4, 0, 0, 0)
     p.shutdown(5.0)
+
+
+def test_a_plain_span_row_is_the_row_span_row_makes() -> None:
+    """A span without events, links or status has its row built inline when it ends
+    (``RecordSpan._row``): the very row ``span_row`` makes for it."""
+    rows: list[list[Any]] = []
+    p, _ = provider()
+    p.queue.put = rows.append  # type: ignore[method-assign,assignment]
+    span = p.get_tracer("sundesk", "1.0").start_span(
+        "plain", kind=SpanKind.CLIENT, attributes={"a": "b"}, start_time=10
+    )
+    span.end(end_time=20)
+    assert isinstance(span, RecordSpan)
+    assert rows == [
+        span_row(
+            "plain",
+            span.row,
+            None,
+            0,
+            {"a": "b"},
+            [],
+            [],
+            SpanKind.CLIENT,
+            ["sundesk", "1.0"],
+            Status(StatusCode.UNSET),
+            10,
+            20,
+        )
+    ]
+
+
+@pytest.mark.parametrize("code", ["OK", "NOT_FOUND"])
+def test_end_call_sets_the_status_code_and_ends(code: str) -> None:
+    p, memory = provider()
+    span = p.get_tracer("sundesk").start_span("rpc", kind=SpanKind.SERVER)
+    assert isinstance(span, RecordSpan)
+    span.end_call(code)
+    span.end_call("INTERNAL")  # ended: ignored
+    span.set_attribute("late", 1)
+    (back,) = finished(p, memory).values()
+    attributes = dict(back.attributes or {})
+    assert attributes.pop("rpc.response.status_code") == code
+    if code == "OK":
+        assert attributes == {} and back.status.status_code is StatusCode.UNSET
+    else:
+        assert attributes == {"error.type": code}
+        assert back.status.status_code is StatusCode.ERROR and back.status.description == code
+
+
+def test_end_call_keeps_a_status_of_ok() -> None:
+    p, memory = provider()
+    span = p.get_tracer("sundesk").start_span("rpc")
+    assert isinstance(span, RecordSpan)
+    span.set_status(StatusCode.OK)
+    span.end_call("UNAVAILABLE")
+    (back,) = finished(p, memory).values()
+    assert back.status.status_code is StatusCode.OK
+    assert dict(back.attributes or {})["error.type"] == "UNAVAILABLE"
