@@ -22,7 +22,7 @@ Cost, calling the wrapped handler directly on this 2-CPU box (2026-12-04): 1.0 �
 with tracing disabled (``ops.metrics``' lock-free RPC metrics, handler wrapping); with a
 handler that injects and tags as CreateTicket does, 1.9 µs untraced and 7.3 µs with the
 node's own spans (``ops.spans``), 2 µs of that the span's row made as it ends. On
-2026-12-05, with a call without trace context made a root inline (``_wrap_unary_root``):
+2026-12-05, with a call without trace context made a root inline (``_wrap_unary``):
 6.3 µs warm, and 18.9 µs against 11.5 µs untraced with caches cold (``bench.span_cost``),
 where the general path took 21-26 µs in the same runs. When this
 first wrapped every call with the SDK's spans and prometheus_client's metrics it cost
@@ -225,13 +225,39 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
     def _wrap_unary(
         self, behavior: Callable[..., Any], method: _Method, carrier: dict[str, str] | None
     ) -> Callable[..., Awaitable[Any]]:
-        if self._record is not None and carrier is not None and not carrier:
-            return self._wrap_unary_root(behavior, method, self._record)
+        # With the node's own tracer, a call that brings no trace context (a new root:
+        # every CreateTicket of the benchmarks) has its span made and ended right here,
+        # without ``_start``, ``start_child``, ``_Method.record`` and the span's
+        # ``set_attribute`` and ``end`` calls: every call of a traced node runs this with
+        # cold caches (``bench.span_cost``), where each call saved is worth about a µs.
+        tracer = self._record if carrier is not None and not carrier else None
+        name, attributes = method.name, method.attributes
+        counters, duration = method.counters, method.duration
+        service, rpc = method.service, method.method
+        perf_counter, getrandbits = time.perf_counter, random.getrandbits
 
         async def handler(request: Any, context: aio.ServicerContext) -> Any:
-            start = time.perf_counter()
-            span, ctx = self._start(method, carrier, context)
-            token = attach_current(ctx) if ctx is not None else None
+            start = perf_counter()
+            span: Any  # a Span; a RecordSpan when ``tracer`` is set
+            if tracer is None:
+                span, ctx = self._start(method, carrier, context)
+                token = attach_current(ctx) if ctx is not None else None
+            else:
+                ids = f"{getrandbits(192):048x}"  # trace id and span id, as in start_child
+                if ids[:32] == ZERO_TRACE_ID or ids[32:] == ZERO_SPAN_ID:
+                    span = tracer.start_child(name, None, SpanKind.SERVER, attributes)
+                else:
+                    span = RecordSpan(
+                        tracer,
+                        name,
+                        [ids[:32], ids[32:], 1, False],
+                        None,
+                        _SERVER,
+                        attributes,
+                        None,
+                        None,
+                    )
+                token = attach_current(Context({SPAN_KEY: span}))
             code = "UNKNOWN"
             try:
                 result = behavior(request, context)
@@ -253,62 +279,12 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
             finally:
                 if token is not None:
                     detach_current(token)  # attached above, in this same coroutine
-                method.record(code, time.perf_counter() - start, span)
-
-        return handler
-
-    def _wrap_unary_root(
-        self, behavior: Callable[..., Any], method: _Method, tracer: RecordTracer
-    ) -> Callable[..., Awaitable[Any]]:
-        """``_wrap_unary`` for the node's own tracer and calls that bring no trace context
-        (each is a new root): what ``_start``, ``start_child``, ``_Method.record`` and the
-        span's ``set_attribute`` and ``end`` do, without their calls. Every call of a
-        traced node runs this, with cold caches (``bench.span_cost``), where each call
-        saved is worth about a microsecond."""
-        name, attributes = method.name, method.attributes
-        counters, duration = method.counters, method.duration
-        service, rpc = method.service, method.method
-        perf_counter, getrandbits = time.perf_counter, random.getrandbits
-
-        async def handler(request: Any, context: aio.ServicerContext) -> Any:
-            start = perf_counter()
-            ids = f"{getrandbits(192):048x}"  # trace id and span id, as in start_child
-            if ids[:32] == ZERO_TRACE_ID or ids[32:] == ZERO_SPAN_ID:
-                span: Any = tracer.start_child(name, None, SpanKind.SERVER, attributes)
-            else:
-                span = RecordSpan(
-                    tracer,
-                    name,
-                    [ids[:32], ids[32:], 1, False],
-                    None,
-                    _SERVER,
-                    attributes,
-                    None,
-                    None,
-                )
-            token = attach_current(Context({SPAN_KEY: span}))
-            code = "UNKNOWN"
-            try:
-                result = behavior(request, context)
-                if inspect.isawaitable(result):
-                    result = await result
-                code = _code_name(context, "OK")
-                return result
-            except aio.AbortError:
-                code = _code_name(context, "UNKNOWN")
-                raise
-            except asyncio.CancelledError:
-                code = _interrupted_code(context)
-                raise
-            except Exception as exc:
-                code = _code_name(context, "UNKNOWN")
-                span.record_exception(exc)
-                raise
-            finally:
-                detach_current(token)  # attached above, in this same coroutine
-                counters[service, rpc, code].inc()
-                duration.observe(perf_counter() - start)
-                span.end_call(code)
+                if tracer is None:
+                    method.record(code, perf_counter() - start, span)
+                else:
+                    counters[service, rpc, code].inc()
+                    duration.observe(perf_counter() - start)
+                    span.end_call(code)
 
         return handler
 
