@@ -245,7 +245,7 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
             else:
                 ids = f"{getrandbits(192):048x}"  # trace id and span id, as in start_child
                 if ids[:32] == ZERO_TRACE_ID or ids[32:] == ZERO_SPAN_ID:
-                    span = tracer.start_child(name, None, SpanKind.SERVER, attributes)
+                    span = tracer.start_child(name, None, _SERVER, attributes)
                 else:
                     span = RecordSpan(
                         tracer,
