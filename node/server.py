@@ -29,6 +29,7 @@ from federation.etcd_leases import EtcdOwnership, EtcdSession
 from federation.replication_service import CommitSignal, FederationService
 from federation.replicator import Replicator
 from federation.sun import SunCoordinator, SunHooks
+from node import native
 from node.call_home import CallHome
 from node.clock import Clock, SystemClock
 from node.contracts import load_contracts
@@ -285,6 +286,7 @@ class Node:
         if self.options.ownership:
             self._ownership = asyncio.create_task(self._join_ownership())
         log.info("region %s serving on %s", self.region.name, self.listen)
+        (log.warning if native.stale() else log.info)("%s", native.summary())
 
     def _wire_telemetry(self, server: WrappingRegistrar, tracer: Tracer) -> None:
         """Machines calling home: the Telemetry service and the owner's silence watch."""

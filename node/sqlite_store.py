@@ -22,9 +22,7 @@ import asyncio
 import base64
 import hashlib
 import logging
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from federation.hlc import HybridClock
 from federation.merge import ReplicatedTicket, apply_in_place, node_digest
 from federation.operations import TICKET_CREATE, Operation, canonical_json
 from node.clock import Clock
+from node.committer import Committer
 from node.errors import InvalidArgument, NotFound, StorageError, SundeskError
 from node.group_pacing import DEFAULT_DELAY_S, GroupPacer
 from node.store import Build, Change, Page, TicketFilter
@@ -90,7 +89,6 @@ CREATE TABLE IF NOT EXISTS records (
 RecordBuild = Callable[[ReplicatedTicket | None, datetime], tuple[str, dict[str, Any]] | None]
 
 MAX_GROUP = 512
-_STOP = object()
 _INSERT_OP = "INSERT INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_TICKET = "INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # Columns added after the first release, each copied from the ticket value of its name.
@@ -176,54 +174,6 @@ class _Deferred:
             self.tickets.clear()
 
 
-class _Committer:
-    """The thread that signs a group's local operations and runs COMMIT, so the loop keeps
-    serving while the disk syncs. Ed25519 releases the GIL: on a second core the
-    signatures cost the loop nothing (they were 6% of a CreateTicket on it)."""
-
-    def __init__(self, conn: sqlite3.Connection, name: str) -> None:
-        self._conn = conn
-        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def commit(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        done: Callable[[Exception | None], None],
-        unsigned: list[Operation],
-        sign: Callable[[Operation], Operation] | None,
-    ) -> None:
-        """Sign ``unsigned`` (in place: nobody sees them before ``done``) and their rows, and
-        COMMIT; then ``done(None)``, or ``done(error)``, on ``loop``."""
-        self._requests.put((loop, done, unsigned, sign))
-
-    def _run(self) -> None:
-        while True:
-            request = self._requests.get()
-            if request is _STOP:
-                return
-            loop, done, unsigned, sign = request
-            error: Exception | None = None
-            try:
-                if unsigned and sign is not None:
-                    for op in unsigned:
-                        # The group's results and changes hold these very objects.
-                        object.__setattr__(op, "signature", sign(op).signature)
-                    self._conn.executemany(
-                        "UPDATE ops SET signature=? WHERE origin=? AND seq=?",
-                        [(op.signature, op.origin, op.seq) for op in unsigned],
-                    )
-                self._conn.execute("COMMIT")
-            except Exception as exc:  # sqlite, or a key that cannot sign: nothing commits
-                error = exc
-            loop.call_soon_threadsafe(done, error)
-
-    def stop(self) -> None:
-        self._requests.put(_STOP)
-        self._thread.join()
-
-
 def open_database(path: Path) -> sqlite3.Connection:
     """Open (creating) the database, with the one clear error per way it can fail."""
     data_dir = path.parent
@@ -238,8 +188,8 @@ def open_database(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         return conn
-    except PermissionError as exc:
-        raise StorageError(f"data dir {data_dir} is not usable: {exc.strerror}") from exc
+    except PermissionError as denied:
+        raise StorageError(f"data dir {data_dir} is not usable: {denied.strerror}") from denied
     except sqlite3.DatabaseError as exc:
         raise StorageError(
             f"{path} is not a usable Sundesk database ({exc}); move it away or choose another "
@@ -306,7 +256,7 @@ class SqliteTicketStore:
         self._idle.set()
         self._dirty_vv: set[str] = set()
         self._deferred = _Deferred()
-        self._committer = _Committer(self._wconn, f"store-commit-{region}")
+        self._committer = Committer(self._wconn, f"store-commit-{region}")
 
     # ----- setup -------------------------------------------------------------------------
 
@@ -508,20 +458,22 @@ class SqliteTicketStore:
                     res.counts = self._job_counts
                     if savepoints:
                         conn.execute("RELEASE job")
-                except _WriteFailed as exc:
+                # Each clause's exception has its own name: compiled (``make native``), a
+                # name keeps the type of its first clause.
+                except _WriteFailed as failed:
                     if not savepoints:
                         raise
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     self._vv, self._ticket_seq = before
                     del self._unsigned[mark:]
-                    res = _Result(error=StorageError(f"could not write to {self.path}: {exc}"))
-                except Exception as exc:
+                    res = _Result(error=StorageError(f"could not write to {self.path}: {failed}"))
+                except Exception as refused:
                     if savepoints:
                         conn.execute("RELEASE job")
                     self._vv, self._ticket_seq = before
                     del self._unsigned[mark:]
-                    res = _Result(error=exc)
+                    res = _Result(error=refused)
                 deferred.on = False
                 results.append(res)
             deferred.flush(conn)
@@ -532,12 +484,12 @@ class SqliteTicketStore:
             conn.execute("ROLLBACK")
             self._vv, self._ticket_seq = saved
             return self._run_group(jobs, savepoints=True)
-        except sqlite3.Error as exc:
+        except sqlite3.Error as broken:
             log.exception("write failed")
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._vv, self._ticket_seq = saved
-            err = StorageError(f"could not write to {self.path}: {exc}")
+            err = StorageError(f"could not write to {self.path}: {broken}")
             return [_Result(error=err) for _ in jobs], False
         return results, True
 

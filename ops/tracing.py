@@ -158,7 +158,7 @@ def inject_context(span: Span | None = None) -> dict[str, str]:
     return carrier
 
 
-def carried_span_context(carrier: Mapping[str, str]) -> SpanContext:
+def carried_span_context(carrier: Mapping[str, object]) -> SpanContext:
     """The (remote) span context ``carrier`` describes; invalid when there is none."""
     found = _fast_context(carrier)
     if found is not None:
@@ -166,7 +166,7 @@ def carried_span_context(carrier: Mapping[str, str]) -> SpanContext:
     return trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
 
 
-def extract_context(carrier: Mapping[str, str]) -> Context:
+def extract_context(carrier: Mapping[str, object]) -> Context:
     """A context whose parent is the span described by ``carrier``; an empty context
     (so a new root) when the carrier holds no valid ``traceparent``."""
     found = _fast_context(carrier)
@@ -175,19 +175,21 @@ def extract_context(carrier: Mapping[str, str]) -> Context:
     return _PROPAGATOR.extract(carrier)
 
 
-def carried_row(carrier: Mapping[str, str]) -> list[Any] | None:
+def carried_row(carrier: Mapping[str, object]) -> list[Any] | None:
     """``carrier``'s span context as a row (``ops.span_relay.context_row``: hex ids,
     flags, remote), read from the traceparent text without making a ``SpanContext``, for
     ``RecordTracer.start_child`` and span links. None when the carrier is not the one
     shape this node writes (or holds invalid ids); the caller then takes the general
-    path, which says what the carrier holds."""
+    path, which says what the carrier holds. Carriers come from other regions'
+    operations, so their values are not assumed to be text: compiled (``make native``),
+    a value typed ``str`` is checked, and one that is not would raise."""
     if len(carrier) != 1:
         return None
     header = carrier.get("traceparent")
     return traceparent_row(header) if isinstance(header, str) else None
 
 
-def _fast_context(carrier: Mapping[str, str]) -> SpanContext | None:
+def _fast_context(carrier: Mapping[str, object]) -> SpanContext | None:
     # None (tracestate, nothing, anything odd, all-zero ids): the propagator's general path.
     row = carried_row(carrier)
     if row is None:

@@ -7,6 +7,8 @@ import os
 import sys
 import tempfile
 
+import pytest
+
 faulthandler.enable(file=sys.stderr)
 
 # The CLI picks up the credentials of a local federation (var/local/certs) when there is
@@ -14,3 +16,11 @@ faulthandler.enable(file=sys.stderr)
 os.environ["SUNDESK_HOME"] = tempfile.mkdtemp(prefix="sundesk-test-home-")
 
 pytest_plugins = ["tests.support.etcd"]
+
+
+def pytest_sessionstart(session: object) -> None:
+    # A compiled module older than its source would test code that is not in the tree.
+    from node.native import stale, summary
+
+    if stale():
+        raise pytest.UsageError(summary())
