@@ -286,7 +286,10 @@ class Node:
         if self.options.ownership:
             self._ownership = asyncio.create_task(self._join_ownership())
         log.info("region %s serving on %s", self.region.name, self.listen)
-        (log.warning if native.stale() else log.info)("%s", native.summary())
+        compiled, late = native.compiled(), native.stale()
+        self.metrics.compiled_modules.labels("fresh").set(len(compiled) - len(late))
+        self.metrics.compiled_modules.labels("stale").set(len(late))
+        (log.warning if late else log.info)("%s", native.summary())
 
     def _wire_telemetry(self, server: WrappingRegistrar, tracer: Tracer) -> None:
         """Machines calling home: the Telemetry service and the owner's silence watch."""

@@ -245,6 +245,14 @@ class Metrics:
         Info("sundesk_node", "The regional node this endpoint belongs to.", registry=r).info(
             {"region": region}
         )
+        # Whether the node runs its hot modules compiled (`make native`, node.native): a
+        # node that runs them interpreted is slower, one with stale ones runs old code.
+        self.compiled_modules = Gauge(
+            "sundesk_compiled_modules",
+            "Modules this node runs compiled, by state: fresh, or stale (older than their source).",
+            ["state"],
+            registry=r,
+        )
 
         # Tickets.
         self.tickets = Gauge(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from node import native
 from ops.collector import SpanStore, ticket_trace
 from ops.metrics import scrape
 from ops.priority import BACKGROUND_NICENESS
@@ -207,6 +208,12 @@ def test_span_export_runs_below_the_node_and_every_span_is_counted(
     assert os.getpriority(os.PRIO_PROCESS, relays[0]) == max(own, BACKGROUND_NICENESS)
     (collector_pid,) = [p for p in _children(os.getpid()) if b"ops.collector" in _cmdline(p)]
     assert os.getpriority(os.PRIO_PROCESS, collector_pid) >= BACKGROUND_NICENESS
+
+
+def test_each_node_says_whether_it_runs_compiled(fed: Federation) -> None:
+    values = scrape(fed.config.region("japan").metrics_port)
+    assert values['sundesk_compiled_modules{state="fresh"}'] == len(native.compiled())
+    assert values['sundesk_compiled_modules{state="stale"}'] == 0
 
 
 def _cmdline(pid: int) -> bytes:
