@@ -26,7 +26,7 @@ $(GEN): $(STAMP) $(PROTOS)
 # The write path's hot modules, compiled with mypyc (part of mypy) into C extensions that
 # sit next to their sources and are imported in their place (git-ignored). Rebuilt
 # whenever any source changes; `make interpreted` removes them. README, "Compiled modules".
-NATIVE := federation/hlc.py federation/merge.py federation/operations.py node/convert.py \
+NATIVE := federation/hlc.py federation/merge.py federation/operations.py node/convert.py node/ticket_wire.py \
 	node/group_pacing.py node/observe.py node/rules.py node/sqlite_store.py node/store.py \
 	ops/metrics.py ops/tracing.py
 NATIVE_STAMP := build/native-stamp

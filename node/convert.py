@@ -1,17 +1,16 @@
-"""Protobuf at the edge: messages to domain objects and back, with input validation."""
+"""Protobuf at the edge: messages to domain objects and back (tickets go back as wire bytes,
+``node.ticket_wire``), with input validation."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from functools import lru_cache
+from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from node.errors import InvalidArgument
 from node.rules import NewTicket, TicketChange
-from node.sla import SlaStatus
-from node.tickets import Kind, Role, State, TicketView, Tier, parse_iso
+from node.tickets import Kind, Role, State, Tier
 from sundesk.v1 import desk_pb2 as pb
 
 KIND_TO_PB = {
@@ -126,108 +125,8 @@ def change_from_pb(req: pb.UpdateTicketRequest) -> TicketChange:
     )
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@lru_cache(maxsize=4096)
-def _seconds_nanos(text: str) -> tuple[int, int]:
-    """``Timestamp.FromDatetime(parse_iso(text))`` as (seconds, nanos), without the
-    datetime round trip on repeats: every reply carries a few of these, and writes in the
-    same millisecond share them."""
-    delta = parse_iso(text) - _EPOCH
-    return delta.days * 86400 + delta.seconds, delta.microseconds * 1000
-
-
-def _ts(text: str) -> Timestamp | None:
-    if not text:
-        return None
-    seconds, nanos = _seconds_nanos(text)
-    return Timestamp(seconds=seconds, nanos=nanos)
-
-
-def _set_ts(field: Timestamp, text: str) -> None:
-    if text:
-        field.seconds, field.nanos = _seconds_nanos(text)
-
-
 def ts_to_iso(ts: Timestamp) -> str:
     if not ts.seconds and not ts.nanos:
         return ""
     dt: datetime = ts.ToDatetime()
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def ticket_to_pb(t: TicketView) -> pb.Ticket:
-    msg = pb.Ticket(
-        code=t.code,
-        title=t.title,
-        description=t.description,
-        kind=KIND_TO_PB[t.kind],
-        state=STATE_TO_PB[t.state],
-        priority=t.priority,
-        customer=t.customer,
-        asset=t.asset,
-        tier=TIER_TO_PB[t.tier] if t.tier else pb.CONTRACT_TIER_UNSPECIFIED,
-        home_region=t.home_region,
-        queue=t.queue,
-        assignee=t.assignee,
-        second_engineer=t.second_engineer,
-        escalation_level=t.escalation_level,
-        version=t.version,
-        created_by=t.created_by,
-        origin_region=t.origin_region,
-        cause=t.cause,
-        satisfaction=t.satisfaction,
-        reopen_count=t.reopen_count,
-        digest=t.digest,
-        source=t.source,
-    )
-    if t.labels:  # even an empty map costs as much to set as the rest of the message
-        msg.labels.update(t.labels)
-    _set_ts(msg.created_at, t.created_at)
-    _set_ts(msg.updated_at, t.updated_at)
-    if t.first_response_at:
-        _set_ts(msg.first_response_at, t.first_response_at)
-    if t.resolved_at:
-        _set_ts(msg.resolved_at, t.resolved_at)
-    if t.response_due:
-        _set_ts(msg.response_due, t.response_due)
-    if t.resolution_due:
-        _set_ts(msg.resolution_due, t.resolution_due)
-    if t.occurrences:
-        msg.occurrences = len(t.occurrences)
-        _set_ts(msg.first_seen, t.first_seen)
-        _set_ts(msg.last_seen, t.last_seen)
-    if t.customer_notified_at:
-        _set_ts(msg.customer_notified_at, t.customer_notified_at)
-    for c in t.comments:
-        msg.comments.add(
-            id=c.id,
-            author=c.author,
-            text=c.text,
-            at=_ts(c.at),
-            region=c.region,
-            internal=c.internal,
-        )
-    for h in t.history:
-        msg.history.add(
-            from_state=STATE_TO_PB[h.from_state],
-            to_state=STATE_TO_PB[h.to_state],
-            by=h.by,
-            role=ROLE_TO_PB[h.role],
-            at=_ts(h.at),
-            region=h.region,
-            note=h.note,
-        )
-    msg.replication.last_change_id = t.last_change_id
-    return msg
-
-
-def sla_to_pb(msg: pb.SlaClock, view: TicketView, status: SlaStatus) -> None:
-    msg.response = status.response
-    msg.resolution = status.resolution
-    msg.response_left_seconds = status.response_left.total_seconds()
-    msg.resolution_left_seconds = status.resolution_left.total_seconds()
-    msg.paused = view.state == State.PENDING_CUSTOMER
-    msg.response_recorded = view.sla_recorded.get("response", "")
-    msg.resolution_recorded = view.sla_recorded.get("resolution", "")

@@ -9,7 +9,7 @@ from datetime import datetime
 from grpc import aio
 
 from federation.operations import TICKET_COMMENT, TICKET_CREATE, TICKET_UPDATE
-from node import convert, rules
+from node import convert, rules, ticket_wire
 from node.dues import DueClock
 from node.errors import InvalidArgument
 from node.registry import Registry, with_registered
@@ -73,14 +73,17 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         trace = ticket.values.get("trace") if ticket is not None else None
         return self._change_carrier(trace if isinstance(trace, dict) else {})
 
-    def _to_pb(self, view: TicketView) -> pb.Ticket:
-        msg = convert.ticket_to_pb(view)
-        if self._dues is not None and self._now is not None:
-            status = self._dues.status(view, self._now())
-            if status is not None:
-                convert.sla_to_pb(msg.sla, view, status)
-        msg.replication.MergeFromString(self._replication_status(view.last_change_id))
-        return msg
+    def _reply(self, view: TicketView) -> bytes:
+        """``view`` as the ``Ticket`` a reply carries, encoded (``node.ticket_wire``): with
+        its SLA clocks if it has a contract, and its replication status. Writes have it
+        made as their commit group is delivered (``SqliteTicketStore.write_answered``)."""
+        sla = None
+        if view.tier is not None and self._dues is not None and self._now is not None:
+            sla = self._dues.status(view, self._now())
+        return ticket_wire.ticket(view, self._replication_status(view.last_change_id), sla)
+
+    def _message(self, view: TicketView) -> pb.Ticket:
+        return pb.Ticket.FromString(self._reply(view))
 
     def _replication_status(self, change_id: str) -> bytes:
         """``ReplicationStatus`` without ``last_change_id``, serialized. Every reply of a
@@ -105,7 +108,7 @@ class DeskService(desk_pb2_grpc.DeskServicer):
 
     async def CreateTicket(
         self, request: pb.CreateTicketRequest, context: aio.ServicerContext
-    ) -> pb.Ticket:
+    ) -> bytes:
         new = self._registered(convert.new_ticket_from_pb(request))
         self._check_region(new.home_region, "home region")
         region = self._store.region
@@ -119,9 +122,11 @@ class DeskService(desk_pb2_grpc.DeskServicer):
             fields["trace"] = carrier  # the ticket's trace: later changes join it
             return TICKET_CREATE, fields
 
-        view, _ = await self._store.write(None, build, carrier, request_id=request.request_id[:100])
+        view, reply = await self._store.write_answered(
+            None, build, self._reply, carrier, request_id=request.request_id[:100]
+        )
         self._tag(view.code, view.queue)
-        return self._to_pb(view)
+        return reply
 
     def _load(self) -> dict[str, int]:
         return self._store.open_load()
@@ -134,15 +139,13 @@ class DeskService(desk_pb2_grpc.DeskServicer):
         customer = self._registry.get_customer(customer_id) if customer_id else None
         return with_registered(new, customer, asset)
 
-    async def GetTicket(
-        self, request: pb.GetTicketRequest, context: aio.ServicerContext
-    ) -> pb.Ticket:
+    async def GetTicket(self, request: pb.GetTicketRequest, context: aio.ServicerContext) -> bytes:
         code = _code(request.code)
-        return self._to_pb(self._store.get(code))
+        return self._reply(self._store.get(code))
 
     async def ListTickets(
         self, request: pb.ListTicketsRequest, context: aio.ServicerContext
-    ) -> pb.ListTicketsResponse:
+    ) -> bytes:
         if request.page_size < 0:
             raise InvalidArgument(f"page_size {request.page_size} is negative")
         size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
@@ -156,15 +159,13 @@ class DeskService(desk_pb2_grpc.DeskServicer):
             kind=convert.kind_from_pb(request.kind, default=None),
         )
         page = self._store.list_tickets(flt, size, request.page_token)
-        return pb.ListTicketsResponse(
-            tickets=[self._to_pb(t) for t in page.tickets],
-            next_page_token=page.next_token,
-            total=page.total,
+        return ticket_wire.tickets_page(
+            [self._reply(t) for t in page.tickets], page.next_token, page.total
         )
 
     async def UpdateTicket(
         self, request: pb.UpdateTicketRequest, context: aio.ServicerContext
-    ) -> pb.Ticket:
+    ) -> bytes:
         code = _code(request.code)
         change = convert.change_from_pb(request)
         region = self._store.region
@@ -181,13 +182,15 @@ class DeskService(desk_pb2_grpc.DeskServicer):
                 fields.update(staffing(roster, policy, current, fields, self._load))
             return TICKET_UPDATE, fields
 
-        view, _ = await self._store.write(code, build, self._trace_for(code))
+        view, reply = await self._store.write_answered(
+            code, build, self._reply, self._trace_for(code)
+        )
         self._tag(view.code, view.queue)
-        return self._to_pb(view)
+        return reply
 
     async def AddComment(
         self, request: pb.AddCommentRequest, context: aio.ServicerContext
-    ) -> pb.Ticket:
+    ) -> bytes:
         code = _code(request.code)
         role = convert.role_from_pb(request.role)
         region = self._store.region
@@ -199,9 +202,11 @@ class DeskService(desk_pb2_grpc.DeskServicer):
             )
             return TICKET_COMMENT, fields
 
-        view, _ = await self._store.write(code, build, self._trace_for(code))
+        view, reply = await self._store.write_answered(
+            code, build, self._reply, self._trace_for(code)
+        )
         self._tag(view.code, view.queue)
-        return self._to_pb(view)
+        return reply
 
     async def WatchTickets(
         self, request: pb.WatchTicketsRequest, context: aio.ServicerContext
@@ -213,11 +218,13 @@ class DeskService(desk_pb2_grpc.DeskServicer):
             while True:
                 page = self._store.list_tickets(TicketFilter(queue=request.queue), MAX_PAGE, token)
                 for view in page.tickets:
-                    yield pb.TicketEvent(type=pb.TicketEvent.TYPE_INITIAL, ticket=self._to_pb(view))
+                    yield pb.TicketEvent(
+                        type=pb.TicketEvent.TYPE_INITIAL, ticket=self._message(view)
+                    )
                 token = page.next_token
                 if not token:
                     break
-        to_pb = _summary if request.changes_only else self._to_pb
+        to_pb = _summary if request.changes_only else self._message
         async for change in sub:
             yield _event(change, to_pb)
 

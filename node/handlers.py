@@ -117,6 +117,26 @@ def _always(handler: grpc.RpcMethodHandler) -> Route:
     return lambda metadata: handler
 
 
+def passing_bytes(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` answering either with its response message or with that message already
+    encoded (``bytes``, e.g. ``node.ticket_wire``'s tickets), which grpc then sends as it
+    is: unary responses only; a stream's items are always messages."""
+    serialize = handler.response_serializer
+    if handler.unary_unary is None or serialize is None:
+        return handler
+
+    def serializer(response: Any) -> bytes:
+        if response.__class__ is bytes:
+            return response  # type: ignore[no-any-return]
+        return serialize(response)  # type: ignore[no-any-return]
+
+    return grpc.unary_unary_rpc_method_handler(
+        handler.unary_unary,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=serializer,
+    )
+
+
 def chain(*wraps: Wrap) -> Wrap:
     """One wrap from several, the first outermost."""
 
@@ -137,8 +157,9 @@ def make_server(
 ) -> tuple[aio.Server, WrappingRegistrar]:
     """A server, and the registrar to add its services through.
 
-    ``observe`` (metrics and spans of every call) wraps the handlers outside ``wraps``
-    (innermost last) when there are no other ``interceptors``; with some, it runs as the
+    Every unary method may answer with its response already encoded (``passing_bytes``,
+    innermost). ``observe`` (metrics and spans of every call) wraps the handlers outside
+    ``wraps`` (innermost last) when there are no other ``interceptors``; with some, it runs as the
     first interceptor, outside them, so the calls they refuse are counted and traced too.
     """
     chained = list(interceptors)
@@ -150,4 +171,4 @@ def make_server(
         options=list(options),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
-    return server, WrappingRegistrar(server, chain(*wraps), observe)
+    return server, WrappingRegistrar(server, chain(*wraps, passing_bytes), observe)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -44,6 +44,7 @@ from node.store import Build, Change, Page, TicketFilter
 from node.tickets import OPEN_STATES, State, TicketView
 
 log = logging.getLogger("sundesk.store")
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -128,6 +129,7 @@ class _Job:
     remote: Sequence[Operation] = ()
     record: RecordBuild | None = None
     may_create: bool = False
+    answer: Callable[[TicketView], Any] | None = None
 
 
 # Tickets by (state, queue, tier), the gauge global ops watch.
@@ -345,6 +347,32 @@ class SqliteTicketStore:
         )
         return result
 
+    async def write_answered(
+        self,
+        code: str | None,
+        build: Build,
+        answer: Callable[[TicketView], T],
+        trace_context: Mapping[str, str] | None = None,
+        request_id: str = "",
+    ) -> tuple[TicketView, T]:
+        """``write``, returning ``answer(view)`` beside the view instead of the operation.
+
+        The answers of a commit group are made together as the group is delivered, one
+        after the other, rather than each by its caller when it resumes: between two
+        callers, grpc sends a reply and reads a request, and code run in between starts
+        with cold caches. A node's reply (``node.ticket_wire``) cost about 10 µs a call
+        made by the caller and about 2 µs made in a loop. ``answer`` runs outside the
+        caller's context (no current span); if it raises, that caller gets the error (the
+        write itself is committed)."""
+        result: tuple[TicketView, T] = await self._enqueue(
+            code=code,
+            build=build,
+            trace=dict(trace_context or {}),
+            request_id=request_id,
+            answer=answer,
+        )
+        return result
+
     async def write_record(
         self, key: str, build: RecordBuild, trace_context: Mapping[str, str] | None = None
     ) -> ReplicatedTicket | None:
@@ -545,8 +573,14 @@ class SqliteTicketStore:
                 continue
             if res.error is not None:
                 job.future.set_exception(res.error)
-            else:
+            elif job.answer is None:
                 job.future.set_result(res.value)
+            else:
+                view = res.value[0]
+                try:
+                    job.future.set_result((view, job.answer(view)))
+                except Exception as failed:
+                    job.future.set_exception(failed)
         if changes:
             for listener in list(self._listeners):
                 try:

@@ -23,6 +23,12 @@ class Context:
         return ()
 
 
+def _ticket(reply: bytes) -> pb.Ticket:
+    # Replies are encoded tickets (``node.ticket_wire``), sent by grpc as they are.
+    assert isinstance(reply, bytes)
+    return pb.Ticket.FromString(reply)
+
+
 def test_replies_show_the_replication_status_of_their_commit(tmp_path: Path) -> None:
     have: dict[str, list[str]] = {}  # change id -> regions that applied it
 
@@ -39,15 +45,12 @@ def test_replies_show_the_replication_status_of_their_commit(tmp_path: Path) -> 
         try:
             for i in range(2):
                 request = pb.CreateTicketRequest(title=f"ticket {i}", customer="acme")
-                replies.append(await desk.CreateTicket(request, Context()))  # type: ignore[arg-type]
+                replies.append(_ticket(await desk.CreateTicket(request, Context())))  # type: ignore[arg-type]
             # Germany has the first ticket's change now: the same commit's status differs.
             have["velizy:1"] = ["velizy", "germany"]
-            replies.append(
-                await desk.GetTicket(pb.GetTicketRequest(code=replies[0].code), Context())  # type: ignore[arg-type]
-            )
-            replies.append(
-                await desk.GetTicket(pb.GetTicketRequest(code=replies[1].code), Context())  # type: ignore[arg-type]
-            )
+            for reply in replies[:2]:
+                request = pb.GetTicketRequest(code=reply.code)
+                replies.append(_ticket(await desk.GetTicket(request, Context())))  # type: ignore[arg-type]
         finally:
             await store.close()
         return replies

@@ -232,11 +232,11 @@ def test_machine_first_counts_incidents_machines_opened_before_the_customer_call
 
 
 def test_ticket_show_prints_occurrences_and_the_notification() -> None:
-    from node.convert import ticket_to_pb
+    from node.ticket_wire import ticket_message
     from ops.ticket_cli import _show
 
     ops = _alarm_ops(0)
     (ticket,) = merge_all(ops).values()
-    text = _show(ticket_to_pb(TicketView.from_replicated(ticket)))
+    text = _show(ticket_message(TicketView.from_replicated(ticket)))
     assert "alarm occurrences 10  first seen 2026-03-04T09:30:00.000Z" in text
     assert "customer notified" in text

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from federation.merge import ReplicatedTicket, apply_in_place
 from federation.operations import TICKET_CREATE, TICKET_UPDATE, Operation
-from node import convert, rules
+from node import rules, ticket_wire
 from node.rules import NewTicket, TicketChange
 from node.tickets import State, TicketView, Tier, iso, parse_iso
 
@@ -60,7 +60,7 @@ def test_timestamps_match_from_datetime() -> None:
         text = iso(datetime.fromtimestamp(rng.uniform(-1e9, 4e9), tz=UTC))
         expected = Timestamp()
         expected.FromDatetime(parse_iso(text))
-        assert convert._ts(text) == expected
-    msg = convert.ticket_to_pb(TicketView.from_replicated(_ticket()))
+        assert Timestamp.FromString(ticket_wire.timestamp(text)) == expected
+    msg = ticket_wire.ticket_message(TicketView.from_replicated(_ticket()))
     assert msg.created_at.ToDatetime(tzinfo=UTC) == datetime(2026, 3, 4, 5, 6, 7, 891000, UTC)
     assert dict(msg.labels) == {"site": "paris"} and len(msg.history) == 1
