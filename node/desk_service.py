@@ -109,13 +109,17 @@ class DeskService(desk_pb2_grpc.DeskServicer):
     async def CreateTicket(
         self, request: pb.CreateTicketRequest, context: aio.ServicerContext
     ) -> bytes:
-        new = self._registered(convert.new_ticket_from_pb(request))
-        self._check_region(new.home_region, "home region")
         region = self._store.region
         carrier = self._carrier()
         dues = self._dues
+        registered, check_region = self._registered, self._check_region
 
         def build(_: TicketView | None, now: datetime) -> tuple[str, dict[str, object]]:
+            # The request is read and checked here, with the other writes of its commit
+            # group, one after the other (see ``SqliteTicketStore.write_answered``); a bad
+            # one fails alone and writes nothing.
+            new = registered(convert.new_ticket_from_pb(request))
+            check_region(new.home_region, "home region")
             fields = rules.create_fields(new, region, now)
             if dues is not None:
                 fields.update(dues.on_create(fields))
