@@ -1,8 +1,11 @@
 """CreateTicket throughput (durable, 64 in flight) against a bare grpc.aio echo service.
 
 Both servers run as separate processes on loopback and are measured in alternating rounds
-in one run, so machine noise hits both alike. Run: ``make bench`` or
-``.venv/bin/python -m bench.create_ticket [--seconds 5 --rounds 3]``.
+in one run, each round in the opposite order of the one before, so machine noise hits
+both alike. It prints the ratio of the two medians and the median of the rounds' own
+ratios (each round's two measurements are seconds apart; this machine's speed drifts by
+10% and more over minutes). Run: ``make bench`` or
+``.venv/bin/python -m bench.create_ticket [--seconds 4 --rounds 8]``.
 """
 
 from __future__ import annotations
@@ -58,8 +61,8 @@ def start_echo(port: int) -> subprocess.Popen[bytes]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument(
         "--node-arg", action="append", default=[], help="extra argument for the node (repeatable)"
@@ -103,50 +106,46 @@ def main() -> None:
             ).start()
         echo = start_echo(echo_port)
         node.start()
-        echo_rates: list[float] = []
-        node_rates: list[float] = []
-        echo_cpu: list[float] = []
-        node_cpu: list[float] = []
-        old_rates: list[float] = []
-        old_cpu: list[float] = []
+        targets = {"echo": (f"127.0.0.1:{echo_port}", echo.pid), "node": (node.address, node.pid)}
+        if baseline is not None:
+            targets["baseline"] = (baseline.address, baseline.pid)
+        labels = {"echo": "echo        ", "node": "CreateTicket", "baseline": "baseline    "}
+        rates: dict[str, list[float]] = {name: [] for name in targets}
+        cpu: dict[str, list[float]] = {name: [] for name in targets}
         try:
             for r in range(args.rounds):
-                e = asyncio.run(
-                    measure(f"127.0.0.1:{echo_port}", args.in_flight, args.seconds, echo.pid)
-                )
-                n = asyncio.run(measure(node.address, args.in_flight, args.seconds, node.pid))
-                echo_rates.append(e.rate)
-                node_rates.append(n.rate)
-                echo_cpu.append(e.cpu_per_call or 0.0)
-                node_cpu.append(n.cpu_per_call or 0.0)
-                print(f"round {r + 1}: echo        {e.summary()}")
-                print(f"round {r + 1}: CreateTicket {n.summary()}")
-                if baseline is not None:
-                    b = asyncio.run(
-                        measure(baseline.address, args.in_flight, args.seconds, baseline.pid)
-                    )
-                    old_rates.append(b.rate)
-                    old_cpu.append(b.cpu_per_call or 0.0)
-                    print(f"round {r + 1}: baseline    {b.summary()}")
+                # Every other round in the opposite order: whatever drifts during a round
+                # (other load, the machine's speed) favours neither server.
+                order = list(targets) if r % 2 == 0 else list(reversed(targets))
+                for name in order:
+                    address, pid = targets[name]
+                    result = asyncio.run(measure(address, args.in_flight, args.seconds, pid))
+                    rates[name].append(result.rate)
+                    cpu[name].append(result.cpu_per_call or 0.0)
+                    print(f"round {r + 1}: {labels[name]} {result.summary()}")
+                print(f"round {r + 1}: ratio {rates['node'][-1] / rates['echo'][-1]:.2f}")
         finally:
             echo.terminate()
             echo.wait(10)
             node.terminate()
             if baseline is not None:
                 baseline.terminate()
+    echo_rates, node_rates = rates["echo"], rates["node"]
+    paired = [n / e for n, e in zip(node_rates, echo_rates, strict=True)]
     ratio = median(node_rates) / median(echo_rates)
     print(
         f"median echo {median(echo_rates):.0f}/s, CreateTicket {median(node_rates):.0f}/s "
-        f"(durable, {args.in_flight} in flight): ratio {ratio:.2f}"
+        f"(durable, {args.in_flight} in flight): ratio {ratio:.2f}; paired by round: median "
+        f"{median(paired):.2f} (rounds {min(paired):.2f} to {max(paired):.2f})"
     )
-    e_cpu, n_cpu = median(echo_cpu), median(node_cpu)
+    e_cpu, n_cpu = median(cpu["echo"]), median(cpu["node"])
     print(
         f"median server CPU per call: echo {e_cpu * 1e6:.0f} us, CreateTicket "
         f"{n_cpu * 1e6:.0f} us: CPU ratio {e_cpu / n_cpu:.2f}; load average "
         f"{os.getloadavg()[0]:.1f}"
     )
-    if old_rates:
-        old, old_c = median(old_rates), median(old_cpu)
+    if baseline is not None:
+        old, old_c = median(rates["baseline"]), median(cpu["baseline"])
         print(
             f"baseline {old:.0f}/s: ratio {old / median(echo_rates):.2f}; CPU per call "
             f"{old_c * 1e6:.0f} us: CPU ratio {e_cpu / old_c:.2f}"
