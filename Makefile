@@ -28,7 +28,7 @@ $(GEN): $(STAMP) $(PROTOS)
 # whenever any source changes; `make interpreted` removes them. README, "Compiled modules".
 NATIVE := federation/hlc.py federation/merge.py federation/operations.py node/convert.py node/ticket_wire.py \
 	node/group_pacing.py node/observe.py node/rules.py node/sqlite_store.py node/store.py \
-	ops/metrics.py ops/tracing.py
+	ops/metrics.py ops/protowire.py ops/tracing.py
 NATIVE_STAMP := build/native-stamp
 SOURCES := $(shell find node federation ops -name '*.py')
 

@@ -13,10 +13,8 @@ The proto is the contract: ``tests/unit/test_ticket_wire.py`` compares what this
 with a message built through the protobuf API for tickets with every field set, and
 fails when ``Ticket`` gains a field that this module does not write.
 
-Wire format (protobuf encoding guide): a field is its key (``number << 3 | wire type``)
-as a varint, then a varint (type 0), eight little-endian bytes (type 1), or a length and
-that many bytes (type 2: strings, sub-messages, map entries). Proto3 fields left at
-their default are not written; sub-messages that were set are, even when empty.
+Proto3 fields left at their default are not written; sub-messages that were set are,
+even when empty (the wire format itself: ``ops.protowire``).
 """
 
 from __future__ import annotations
@@ -30,38 +28,11 @@ from functools import lru_cache
 from node.convert import KIND_TO_PB, ROLE_TO_PB, STATE_TO_PB, TIER_TO_PB
 from node.sla import SlaStatus
 from node.tickets import CommentView, State, StateChangeView, TicketView, parse_iso
+from ops.protowire import FIXED64, LENGTH, VARINT, key, varint
 from sundesk.v1 import desk_pb2 as pb
 
-_VARINT = 0
-_FIXED64 = 1
-_LENGTH = 2
-_SMALL: list[bytes] = [bytes([i]) for i in range(128)]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DOUBLE = struct.Struct("<d")
-
-
-def varint(value: int) -> bytes:
-    """``value`` as a protobuf varint; a negative one as its 64-bit two's complement
-    (ten bytes), as int32 and int64 fields carry it."""
-    if 0 <= value < 128:
-        return _SMALL[value]
-    if value < 0:
-        value &= 0xFFFF_FFFF_FFFF_FFFF
-    out = bytearray()
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def key(number: int, wire_type: int) -> bytes:
-    return varint(number << 3 | wire_type)
-
-
-def length_delimited(number: int, body: bytes) -> bytes:
-    """Field ``number`` holding ``body`` (a string's UTF-8, a sub-message's bytes)."""
-    return key(number, _LENGTH) + varint(len(body)) + body
 
 
 def _put_string(out: list[bytes], tag: bytes, text: str) -> None:
@@ -108,68 +79,68 @@ def _put_double(out: list[bytes], tag: bytes, value: float) -> None:
         out.append(_DOUBLE.pack(value))
 
 
-_T_SECONDS = key(1, _VARINT)
-_T_NANOS = key(2, _VARINT)
+_T_SECONDS = key(1, VARINT)
+_T_NANOS = key(2, VARINT)
 
 # Ticket's fields, by number (desk.proto).
-_CODE = key(1, _LENGTH)
-_TITLE = key(2, _LENGTH)
-_DESCRIPTION = key(3, _LENGTH)
-_KIND = key(4, _VARINT)
-_STATE = key(5, _VARINT)
-_PRIORITY = key(6, _VARINT)
-_CUSTOMER = key(7, _LENGTH)
-_ASSET = key(8, _LENGTH)
-_TIER = key(9, _VARINT)
-_HOME_REGION = key(10, _LENGTH)
-_QUEUE = key(11, _LENGTH)
-_ASSIGNEE = key(12, _LENGTH)
-_SECOND_ENGINEER = key(13, _LENGTH)
-_ESCALATION_LEVEL = key(14, _VARINT)
-_VERSION = key(15, _VARINT)
-_CREATED_BY = key(16, _LENGTH)
-_ORIGIN_REGION = key(17, _LENGTH)
-_CREATED_AT = key(18, _LENGTH)
-_UPDATED_AT = key(19, _LENGTH)
-_COMMENTS = key(20, _LENGTH)
-_HISTORY = key(21, _LENGTH)
-_CAUSE = key(22, _LENGTH)
-_SATISFACTION = key(23, _VARINT)
-_FIRST_RESPONSE_AT = key(24, _LENGTH)
-_RESOLVED_AT = key(25, _LENGTH)
-_RESPONSE_DUE = key(26, _LENGTH)
-_RESOLUTION_DUE = key(27, _LENGTH)
-_REOPEN_COUNT = key(28, _VARINT)
-_REPLICATION = key(29, _LENGTH)
-_DIGEST = key(30, _LENGTH)
-_SOURCE = key(31, _LENGTH)
-_LABELS = key(32, _LENGTH)
-_SLA = key(33, _LENGTH)
-_OCCURRENCES = key(34, _VARINT)
-_FIRST_SEEN = key(35, _LENGTH)
-_LAST_SEEN = key(36, _LENGTH)
-_CUSTOMER_NOTIFIED_AT = key(37, _LENGTH)
+_CODE = key(1, LENGTH)
+_TITLE = key(2, LENGTH)
+_DESCRIPTION = key(3, LENGTH)
+_KIND = key(4, VARINT)
+_STATE = key(5, VARINT)
+_PRIORITY = key(6, VARINT)
+_CUSTOMER = key(7, LENGTH)
+_ASSET = key(8, LENGTH)
+_TIER = key(9, VARINT)
+_HOME_REGION = key(10, LENGTH)
+_QUEUE = key(11, LENGTH)
+_ASSIGNEE = key(12, LENGTH)
+_SECOND_ENGINEER = key(13, LENGTH)
+_ESCALATION_LEVEL = key(14, VARINT)
+_VERSION = key(15, VARINT)
+_CREATED_BY = key(16, LENGTH)
+_ORIGIN_REGION = key(17, LENGTH)
+_CREATED_AT = key(18, LENGTH)
+_UPDATED_AT = key(19, LENGTH)
+_COMMENTS = key(20, LENGTH)
+_HISTORY = key(21, LENGTH)
+_CAUSE = key(22, LENGTH)
+_SATISFACTION = key(23, VARINT)
+_FIRST_RESPONSE_AT = key(24, LENGTH)
+_RESOLVED_AT = key(25, LENGTH)
+_RESPONSE_DUE = key(26, LENGTH)
+_RESOLUTION_DUE = key(27, LENGTH)
+_REOPEN_COUNT = key(28, VARINT)
+_REPLICATION = key(29, LENGTH)
+_DIGEST = key(30, LENGTH)
+_SOURCE = key(31, LENGTH)
+_LABELS = key(32, LENGTH)
+_SLA = key(33, LENGTH)
+_OCCURRENCES = key(34, VARINT)
+_FIRST_SEEN = key(35, LENGTH)
+_LAST_SEEN = key(36, LENGTH)
+_CUSTOMER_NOTIFIED_AT = key(37, LENGTH)
 
 # Comment: id 1, author 2, text 3, at 4, region 5, internal 6.
 # StateChange: from_state 1, to_state 2, by 3, role 4, at 5, region 6, note 7.
 # SlaClock: response 1, resolution 2, response_left_seconds 3, resolution_left_seconds 4,
 # paused 5, response_recorded 6, resolution_recorded 7.
 # ReplicationStatus: last_change_id 1 (the rest comes encoded, see ``ticket``).
-_F1 = key(1, _LENGTH)
-_F2 = key(2, _LENGTH)
-_F3 = key(3, _LENGTH)
-_F4 = key(4, _LENGTH)
-_F5 = key(5, _LENGTH)
-_F6 = key(6, _LENGTH)
-_F7 = key(7, _LENGTH)
-_V1 = key(1, _VARINT)
-_V2 = key(2, _VARINT)
-_V3 = key(3, _VARINT)
-_V4 = key(4, _VARINT)
-_V5 = key(5, _VARINT)
-_V6 = key(6, _VARINT)
-_D3 = key(3, _FIXED64)
-_D4 = key(4, _FIXED64)
+_F1 = key(1, LENGTH)
+_F2 = key(2, LENGTH)
+_F3 = key(3, LENGTH)
+_F4 = key(4, LENGTH)
+_F5 = key(5, LENGTH)
+_F6 = key(6, LENGTH)
+_F7 = key(7, LENGTH)
+_V1 = key(1, VARINT)
+_V2 = key(2, VARINT)
+_V3 = key(3, VARINT)
+_V4 = key(4, VARINT)
+_V5 = key(5, VARINT)
+_V6 = key(6, VARINT)
+_D3 = key(3, FIXED64)
+_D4 = key(4, FIXED64)
 _TRUE = varint(1)
 
 

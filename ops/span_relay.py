@@ -51,6 +51,7 @@ from opentelemetry.trace import (
 )
 
 from ops.priority import lower_priority
+from ops.protowire import length_delimited, varint
 
 log = logging.getLogger("sundesk.tracing")
 
@@ -260,50 +261,29 @@ _KEY_VALUES: dict[tuple[int, str, type, Any], bytes] = {}  # most attributes rep
 _MAX_CACHED = 4096
 
 
-def _varint_of(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-# Lengths and tags are nearly all below this: looked up rather than computed.
-_SMALL = 1 << 14
-_VARINTS = [_varint_of(n) for n in range(_SMALL)]
-
-
-def _varint(n: int) -> bytes:
-    return _VARINTS[n] if n < _SMALL else _varint_of(n)
-
-
-def _delimited(field: int, payload: bytes) -> bytes:
-    return _varint((field << 3) | 2) + _varint(len(payload)) + payload
-
-
 def _any_value(value: Any) -> bytes:
     """An ``AnyValue``'s fields, typed as the SDK's encoder types them (bool before int)."""
     if value is None:
         return b""
     if isinstance(value, bool):
-        return b"\x10" + _varint(int(value))
+        return b"\x10" + varint(int(value))
     if isinstance(value, str):
-        return _delimited(1, value.encode())
+        return length_delimited(1, value.encode())
     if isinstance(value, int):
-        return b"\x18" + _varint(value & 0xFFFF_FFFF_FFFF_FFFF)  # int64, two's complement
+        return b"\x18" + varint(value & 0xFFFF_FFFF_FFFF_FFFF)  # int64, two's complement
     if isinstance(value, float):
         return b"\x21" + _DOUBLE(value)
     if isinstance(value, list | tuple):
-        return _delimited(5, b"".join(_delimited(1, _any_value(v)) for v in value))
+        return length_delimited(5, b"".join(length_delimited(1, _any_value(v)) for v in value))
     if isinstance(value, Mapping):
         pairs = b"".join(_key_value(1, str(k), v) for k, v in value.items())
-        return _delimited(6, pairs)
-    return _delimited(1, str(value).encode())
+        return length_delimited(6, pairs)
+    return length_delimited(1, str(value).encode())
 
 
 def _key_value(field: int, key: str, value: Any) -> bytes:
-    return _delimited(field, _delimited(1, key.encode()) + _delimited(2, _any_value(value)))
+    pair = length_delimited(1, key.encode()) + length_delimited(2, _any_value(value))
+    return length_delimited(field, pair)
 
 
 _CACHEABLE = frozenset((str, int, float, bool))
@@ -339,9 +319,9 @@ def _flags(context: list[Any] | None) -> bytes:
 
 
 _NAMES: dict[str, bytes] = {}  # a span's name field, by name: names repeat
-_KINDS = {kind: b"\x30" + _varint(kind + _SPAN_KIND_OFFSET) for kind in range(5)}
+_KINDS = {kind: b"\x30" + varint(kind + _SPAN_KIND_OFFSET) for kind in range(5)}
 _TIMES = struct.Struct("<BQBQ").pack  # start and end: fixed64 fields 7 and 8
-_UNSET_STATUS = _delimited(15, b"")
+_UNSET_STATUS = length_delimited(15, b"")
 _LOCAL_FLAGS = b"\x85\x01" + _FIXED32(_HAS_IS_REMOTE)
 _REMOTE_FLAGS = b"\x85\x01" + _FIXED32(_HAS_IS_REMOTE | _IS_REMOTE)
 
@@ -351,17 +331,17 @@ def _span(row: list[Any]) -> bytes:
     # Trace and span ids (fields 1 and 2) from their hex text in one step.
     parts = [bytes.fromhex(f"0a10{ctx[0]}1208{ctx[1]}")]
     if len(ctx) > 4 and ctx[4]:
-        parts.append(_delimited(3, ctx[4].encode()))
+        parts.append(length_delimited(3, ctx[4].encode()))
     if parent is not None:
         parts.append(bytes.fromhex(f"2208{parent[1]}"))
     if name:
         named = _NAMES.get(name)
         if named is None:
-            named = _delimited(5, name.encode())
+            named = length_delimited(5, name.encode())
             if len(_NAMES) < _MAX_CACHED:
                 _NAMES[name] = named
         parts.append(named)
-    parts.append(_KINDS.get(kind) or b"\x30" + _varint(kind + _SPAN_KIND_OFFSET))
+    parts.append(_KINDS.get(kind) or b"\x30" + varint(kind + _SPAN_KIND_OFFSET))
     if start and end:
         parts.append(_TIMES(0x39, start, 0x41, end))
     else:
@@ -373,20 +353,20 @@ def _span(row: list[Any]) -> bytes:
         parts.append(_attributes_of(9, attrs))
     for event_name, event_attrs, timestamp in events:
         body = (b"\x09" + _FIXED64(timestamp) if timestamp else b"") + (
-            _delimited(2, event_name.encode()) if event_name else b""
+            length_delimited(2, event_name.encode()) if event_name else b""
         )
-        parts.append(_delimited(11, body + _attributes_of(3, event_attrs)))
+        parts.append(length_delimited(11, body + _attributes_of(3, event_attrs)))
     for link_ctx, link_attrs in _link_rows(links):
         body = bytes.fromhex(f"0a10{link_ctx[0]}1208{link_ctx[1]}")
         body += _attributes_of(4, link_attrs) + b"\x35" + _flags(link_ctx)
-        parts.append(_delimited(13, body))
+        parts.append(length_delimited(13, body))
     code, message = status
     if code or message:
         parts.append(
-            _delimited(
+            length_delimited(
                 15,
-                (_delimited(2, message.encode()) if message else b"")
-                + (b"\x18" + _varint(code) if code else b""),
+                (length_delimited(2, message.encode()) if message else b"")
+                + (b"\x18" + varint(code) if code else b""),
             )
         )
     else:
@@ -403,19 +383,19 @@ def otlp_request(batch: Mapping[str, Any]) -> bytes:
     for row in batch["spans"]:
         scope = row[8]
         key = None if scope is None else (scope[0], scope[1])
-        groups.setdefault(row[3], {}).setdefault(key, []).append(_delimited(2, _span(row)))
+        groups.setdefault(row[3], {}).setdefault(key, []).append(length_delimited(2, _span(row)))
     out = []
     for index, scopes in groups.items():
-        body = _delimited(1, _attributes_of(1, resources[index]))
+        body = length_delimited(1, _attributes_of(1, resources[index]))
         for scope_key, spans in scopes.items():
             scope = b""
             if scope_key is not None:
                 scope_name, version = scope_key
-                scope = (_delimited(1, scope_name.encode()) if scope_name else b"") + (
-                    _delimited(2, version.encode()) if version else b""
+                scope = (length_delimited(1, scope_name.encode()) if scope_name else b"") + (
+                    length_delimited(2, version.encode()) if version else b""
                 )
-            body += _delimited(2, _delimited(1, scope) + b"".join(spans))
-        out.append(_delimited(1, body))
+            body += length_delimited(2, length_delimited(1, scope) + b"".join(spans))
+        out.append(length_delimited(1, body))
     return b"".join(out)
 
 

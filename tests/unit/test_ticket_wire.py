@@ -24,6 +24,7 @@ from node.tickets import (
     iso,
     parse_iso,
 )
+from ops import protowire
 from sundesk.v1 import desk_pb2 as pb
 
 _WORDS = ["", "a", "VEL-000123", "Vélizy", "日本", "x" * 200, "line\nbreak", "é" * 70]
@@ -260,4 +261,7 @@ def test_a_page_of_tickets_is_a_list_response() -> None:
 def test_varints_match_protobuf() -> None:
     for value in (1, 127, 128, 16383, 16384, 2**31 - 1, 2**63 - 1, -1, -(2**31), -(2**63)):
         message = pb.Ticket(version=value)
-        assert ticket_wire.key(15, 0) + ticket_wire.varint(value) == message.SerializeToString()
+        assert protowire.key(15, protowire.VARINT) + protowire.varint(value) == (
+            message.SerializeToString()
+        )
+    assert protowire.length_delimited(1, b"VEL-1") == pb.Ticket(code="VEL-1").SerializeToString()
