@@ -159,8 +159,9 @@ def make_server(
 
     Every unary method may answer with its response already encoded (``passing_bytes``,
     innermost). ``observe`` (metrics and spans of every call) wraps the handlers outside
-    ``wraps`` (innermost last) when there are no other ``interceptors``; with some, it runs as the
-    first interceptor, outside them, so the calls they refuse are counted and traced too.
+    ``wraps`` (innermost last) when there are no other ``interceptors``; with some, it runs
+    as the first interceptor, outside them, so the calls they refuse are counted and traced
+    too.
     """
     chained = list(interceptors)
     if observe is not None and chained:

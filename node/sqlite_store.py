@@ -360,10 +360,11 @@ class SqliteTicketStore:
         The answers of a commit group are made together as the group is delivered, one
         after the other, rather than each by its caller when it resumes: between two
         callers, grpc sends a reply and reads a request, and code run in between starts
-        with cold caches. A node's reply (``node.ticket_wire``) cost about 10 µs a call
-        made by the caller and about 2 µs made in a loop. ``answer`` runs outside the
-        caller's context (no current span); if it raises, that caller gets the error (the
-        write itself is committed)."""
+        with cold caches. A node's reply (``node.ticket_wire``, with its replication
+        status) cost the loop about 13 µs a call made by each caller and about 8 µs made
+        here, against a node answering with a cached reply (the ticket alone: 1.9 µs in a
+        warm loop). ``answer`` runs outside the caller's context (no current span); if it
+        raises, that caller gets the error (the write itself is committed)."""
         result: tuple[TicketView, T] = await self._enqueue(
             code=code,
             build=build,

@@ -37,10 +37,7 @@ _DOUBLE = struct.Struct("<d")
 
 def _put_string(out: list[bytes], tag: bytes, text: str) -> None:
     if text:
-        data = text.encode()
-        out.append(tag)
-        out.append(varint(len(data)))
-        out.append(data)
+        _put_message(out, tag, text.encode())
 
 
 def _put_int(out: list[bytes], tag: bytes, value: int) -> None:
@@ -63,8 +60,8 @@ def timestamp(text: str) -> bytes:
     seconds = delta.days * 86400 + delta.seconds
     nanos = delta.microseconds * 1000
     out: list[bytes] = []
-    _put_int(out, _T_SECONDS, seconds)
-    _put_int(out, _T_NANOS, nanos)
+    _put_int(out, _V1, seconds)
+    _put_int(out, _V2, nanos)
     return b"".join(out)
 
 
@@ -78,9 +75,6 @@ def _put_double(out: list[bytes], tag: bytes, value: float) -> None:
         out.append(tag)
         out.append(_DOUBLE.pack(value))
 
-
-_T_SECONDS = key(1, VARINT)
-_T_NANOS = key(2, VARINT)
 
 # Ticket's fields, by number (desk.proto).
 _CODE = key(1, LENGTH)
