@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -46,7 +45,6 @@ from opentelemetry.context import Context, attach, detach
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from ops.metrics import Children, Metrics
-from ops.span_relay import ZERO_SPAN_ID, ZERO_TRACE_ID
 from ops.spans import RecordSpan, RecordTracer
 from ops.tracing import (
     ATTR_REGION,
@@ -226,15 +224,15 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
         self, behavior: Callable[..., Any], method: _Method, carrier: dict[str, str] | None
     ) -> Callable[..., Awaitable[Any]]:
         # With the node's own tracer, a call that brings no trace context (a new root:
-        # every CreateTicket of the benchmarks) has its span made and ended right here,
-        # without ``_start``, ``start_child``, ``_Method.record`` and the span's
-        # ``set_attribute`` and ``end`` calls: every call of a traced node runs this with
-        # cold caches (``bench.span_cost``), where each call saved is worth about a µs.
+        # every CreateTicket of the benchmarks) has its span made by ``start_root`` and
+        # ended by ``end_call`` right here, without ``_start``, ``_Method.record`` and the
+        # span's ``set_attribute`` and ``end`` calls: every call of a traced node runs this
+        # with cold caches (``bench.span_cost``), where each call saved is worth about a µs.
         tracer = self._record if carrier is not None and not carrier else None
         name, attributes = method.name, method.attributes
         counters, duration = method.counters, method.duration
         service, rpc = method.service, method.method
-        perf_counter, getrandbits = time.perf_counter, random.getrandbits
+        perf_counter = time.perf_counter
 
         async def handler(request: Any, context: aio.ServicerContext) -> Any:
             start = perf_counter()
@@ -243,20 +241,7 @@ class ObservabilityInterceptor(aio.ServerInterceptor):
                 span, ctx = self._start(method, carrier, context)
                 token = attach_current(ctx) if ctx is not None else None
             else:
-                ids = f"{getrandbits(192):048x}"  # trace id and span id, as in start_child
-                if ids[:32] == ZERO_TRACE_ID or ids[32:] == ZERO_SPAN_ID:
-                    span = tracer.start_child(name, None, _SERVER, attributes)
-                else:
-                    span = RecordSpan(
-                        tracer,
-                        name,
-                        [ids[:32], ids[32:], 1, False],
-                        None,
-                        _SERVER,
-                        attributes,
-                        None,
-                        None,
-                    )
+                span = tracer.start_root(name, _SERVER, attributes)
                 token = attach_current(Context({SPAN_KEY: span}))
             code = "UNKNOWN"
             try:

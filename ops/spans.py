@@ -17,7 +17,8 @@ final; ``record_exception`` writes the conventional ``exception`` event;
 Not kept: span limits (our spans carry a handful of attributes and at most
 ``node.observe.MAX_LINKS`` links) and span processors other than the exporter.
 
-A span becomes its JSON-ready row (``ops.span_relay.span_row``) when it ends. The relay
+An ended span waits in the export queue as it is, and the export thread makes each its
+JSON-ready row (``ops.span_relay.span_row``), a batch at a time. The relay
 exporter (``ops.span_relay``) takes a batch of rows encoded as they are; any other
 ``SpanExporter`` (``InMemorySpanExporter`` in tests) gets SDK ``ReadableSpan``s rebuilt
 from the rows, as the relay rebuilds them on its side.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import threading
 import time
@@ -241,7 +243,7 @@ class RecordSpan(trace.Span):
         if self.end_time is not None:
             return
         self.end_time = end_time if end_time is not None else time.time_ns()
-        self._queue.put(self._row())
+        self._queue.put(self)
 
     def end_call(self, code: str) -> None:
         """End an RPC's span with its status code (``rpc.response.status_code``; any code
@@ -255,13 +257,12 @@ class RecordSpan(trace.Span):
             if self.status.status_code is not _OK:
                 self.status = Status(StatusCode.ERROR, code)
         self.end_time = time.time_ns()
-        self._queue.put(self._row())
+        self._queue.put(self)
 
     def _row(self) -> list[Any]:
         """This ended span as ``ops.span_relay.span_row`` makes it, built here without
-        that call in the common case (no events, no links, status unset). The row is made
-        on the thread that ended the span, so that the export thread holds the GIL only
-        briefly (see SpanQueue)."""
+        that call in the common case (no events, no links, status unset). Made by the
+        export thread, for a whole batch in one loop: an ended span no longer changes."""
         if self._events or self._links or self._link_rows or self.status is not _UNSET:
             return span_row(
                 self.name,
@@ -295,16 +296,16 @@ class RecordSpan(trace.Span):
 
 
 class SpanQueue:
-    """Ended spans, as rows, on their way to the exporter, which runs on this queue's own
-    thread.
+    """Ended spans on their way to the exporter, which runs on this queue's own thread.
 
     The node's threads only append to a deque (atomic in CPython); the export thread
-    wakes every ``delay_s``, or as soon as a full batch is waiting. Rows are made when a
-    span ends, so that what this thread does under the GIL is one ``orjson`` call per
-    batch: a Python thread busy while the event loop waits on I/O can keep the GIL for up
-    to the switch interval (5 ms). Side by side in one run, encoding on this thread
-    instead made no difference to ``bench.observability`` that the machine's noise let
-    show; the rows also let the relay and in-process exporters share one decoder."""
+    wakes every ``delay_s``, or as soon as a full batch is waiting, and makes the batch's
+    rows, then encodes them in one ``orjson`` call. Rows used to be made as each span
+    ended, to keep this thread's turns under the GIL short; but a span ends on the event
+    loop between two calls, with cold caches, where making its row cost about 1.6 µs
+    (``bench.span_cost``), and here, in a loop over a batch, about 0.6 µs. A batch
+    of 2,048 rows holds the GIL for a few milliseconds, within the switch interval
+    (5 ms). The rows also let the relay and in-process exporters share one decoder."""
 
     def __init__(
         self,
@@ -324,7 +325,7 @@ class SpanQueue:
         self._delay_s = delay_s
         self._max_queue = max_queue
         self._max_batch = max_batch
-        self._spans: deque[list[Any]] = deque()
+        self._spans: deque[RecordSpan] = deque()
         self._wake = threading.Event()
         self._export_lock = threading.Lock()  # the export thread and force_flush
         self._stopped = False
@@ -337,7 +338,7 @@ class SpanQueue:
         self._thread = threading.Thread(target=self._run, name="sundesk-spans", daemon=True)
         self._thread.start()
 
-    def put(self, span: list[Any]) -> None:
+    def put(self, span: RecordSpan) -> None:
         spans = self._spans
         if len(spans) >= self._max_queue or self._stopped:
             self.dropped += 1
@@ -366,7 +367,7 @@ class SpanQueue:
             # Counted as waiting until counted as exported or lost (``stats``): set
             # before the batch leaves the queue, cleared after it is counted.
             self._in_flight = min(len(spans), self._max_batch)
-            batch = [spans.popleft() for _ in range(self._in_flight)]
+            batch = [spans.popleft()._row() for _ in range(self._in_flight)]
             result = SpanExportResult.FAILURE
             try:
                 if self._encoded is not None:
@@ -443,14 +444,7 @@ class RecordTracer(trace.Tracer):
         root), for callers that hold the parent's ids as text (``ops.tracing.carried_row``)
         rather than as a context."""
         if parent is None:
-            # A new trace id and span id, as hex, from one draw of random bits (made here,
-            # not in a function of their own: one frame fewer on every root's path).
-            text = f"{random.getrandbits(192):048x}"
-            row = [text[:32], text[32:], 1, False]
-            if row[0] == ZERO_TRACE_ID or row[1] == ZERO_SPAN_ID:  # invalid ids: draw again
-                row[0] = f"{random.getrandbits(128) or 1:032x}"
-                row[1] = f"{_new_span_id():016x}"
-            return RecordSpan(self, name, row, None, kind, attributes, links, start_time)
+            return self.start_root(name, kind, attributes, links, start_time)
         new_id = _new_span_id()
         if not parent[2] & 1:  # not sampled: nothing recorded, the trace goes on
             unsampled = row_context(parent)
@@ -465,6 +459,25 @@ class RecordTracer(trace.Tracer):
             )
         row = [parent[0], f"{new_id:016x}", 1, False, *parent[4:5]]
         return RecordSpan(self, name, row, parent, kind, attributes, links, start_time)
+
+    def start_root(
+        self,
+        name: str,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+    ) -> RecordSpan:
+        """A span beginning a new trace: ``start_child`` without a parent. Its ids come
+        ready-made, with the traceparent that carries them (``_TRACEPARENTS``)."""
+        try:
+            traceparent = _TRACEPARENTS.pop()
+        except IndexError:
+            traceparent = _refilled()
+        row = [traceparent[3:35], traceparent[36:52], 1, False]
+        span = RecordSpan(self, name, row, None, kind, attributes, links, start_time)
+        span._traceparent = traceparent
+        return span
 
     # The API types this as its private ``_AgnosticContextManager``, a contextmanager that
     # also works as a decorator; ours is used in ``with`` statements only.
@@ -523,6 +536,32 @@ class RecordTracerProvider(trace.TracerProvider):
 
     def shutdown(self, timeout_s: float) -> None:
         self.queue.shutdown(timeout_s)
+
+
+# The traceparents of new traces (``00-<trace id>-<span id>-01``), drawn 256 at a time.
+# Every CreateTicket begins a trace, and in a node each step of its call runs with cold
+# caches (``bench.span_cost``): drawing its ids, formatting them as hex and slicing them
+# apart cost it about 4 µs that way, against 1.5 µs for taking one of these; the draw and
+# the formatting then run in a loop, 0.3 µs a trace. Ids are random.getrandbits' as
+# before, as the SDK's ``RandomIdGenerator`` draws them. Threads share the list (``pop``
+# and ``extend`` are atomic); a child process starts without the parent's.
+_POOL = 256
+_TRACEPARENTS: list[str] = []
+os.register_at_fork(after_in_child=_TRACEPARENTS.clear)
+
+
+def _refilled() -> str:
+    """One new traceparent, after drawing more into ``_TRACEPARENTS``."""
+    while True:
+        bits = f"{random.getrandbits(192 * _POOL):0{48 * _POOL}x}"
+        for at in range(0, len(bits), 48):
+            trace_id, span_id = bits[at : at + 32], bits[at + 32 : at + 48]
+            if trace_id != ZERO_TRACE_ID and span_id != ZERO_SPAN_ID:  # the invalid ids
+                _TRACEPARENTS.append(f"00-{trace_id}-{span_id}-01")
+        try:
+            return _TRACEPARENTS.pop()
+        except IndexError:  # other threads took them all first
+            continue
 
 
 def _new_span_id() -> int:

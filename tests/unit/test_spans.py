@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -24,6 +24,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 
+import ops.spans as span_module
 from ops.span_relay import decode_spans, span_row
 from ops.spans import RecordSpan, RecordTracerProvider
 
@@ -274,17 +275,18 @@ def test_a_batch_being_exported_still_counts_as_waiting() -> None:
 
 
 def test_a_plain_span_row_is_the_row_span_row_makes() -> None:
-    """A span without events, links or status has its row built inline when it ends
-    (``RecordSpan._row``): the very row ``span_row`` makes for it."""
-    rows: list[list[Any]] = []
+    """A span without events, links or status has its row built without ``span_row``
+    (``RecordSpan._row``, at export): the very row ``span_row`` makes for it."""
+    ended: list[RecordSpan] = []
     p, _ = provider()
-    p.queue.put = rows.append  # type: ignore[method-assign,assignment]
+    p.queue.put = ended.append  # type: ignore[method-assign]
     span = p.get_tracer("sundesk", "1.0").start_span(
         "plain", kind=SpanKind.CLIENT, attributes={"a": "b"}, start_time=10
     )
     span.end(end_time=20)
     assert isinstance(span, RecordSpan)
-    assert rows == [
+    assert ended == [span]
+    assert [span._row()] == [
         span_row(
             "plain",
             span.row,
@@ -329,3 +331,48 @@ def test_end_call_keeps_a_status_of_ok() -> None:
     (back,) = finished(p, memory).values()
     assert back.status.status_code is StatusCode.OK
     assert dict(back.attributes or {})["error.type"] == "UNAVAILABLE"
+
+
+def test_new_traces_take_distinct_valid_ids_from_the_pool_and_carry_them() -> None:
+    p, memory = provider()
+    tracer = p.get_tracer("sundesk")
+    spans = [tracer.start_span(f"s{i}", context=Context()) for i in range(600)]  # > 2 draws
+    ids = set()
+    for span in spans:
+        assert isinstance(span, RecordSpan)
+        sc = span.get_span_context()
+        assert sc.is_valid and sc.trace_flags.sampled and span.parent is None
+        assert span.carrier() == {"traceparent": f"00-{sc.trace_id:032x}-{sc.span_id:016x}-01"}
+        ids.add(sc.trace_id)
+        span.end()
+    assert len(ids) == 600
+    exported = finished(p, memory)
+    assert {s.context.trace_id for s in exported.values()} == ids
+
+
+def test_a_draw_skips_invalid_ids_and_a_forked_child_does_not_reuse_the_parents(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = span_module._TRACEPARENTS
+    pool.clear()
+    # 256 ids of 48 hex digits: the first has a zero trace id, the second a zero span id.
+    drawn = ["0" * 32 + "1" * 16, "1" * 32 + "0" * 16] + [f"{i:016x}" * 3 for i in range(2, 256)]
+    monkeypatch.setattr(span_module.random, "getrandbits", lambda n: int("".join(drawn), 16))
+    first = span_module._refilled()
+    assert len(pool) == 253 and first not in pool
+    assert sorted([first, *pool]) == sorted(f"00-{d[:32]}-{d[32:]}-01" for d in drawn[2:])
+    monkeypatch.undo()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child starts without the parent's ready ids
+        os.close(read)
+        os.write(write, str(len(span_module._TRACEPARENTS)).encode())
+        os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 16) == b"0"
+        assert len(pool) == 253
+    finally:
+        os.close(read)
+        os.waitpid(child, 0)
+        pool.clear()  # not random: no later test may draw them
