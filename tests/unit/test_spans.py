@@ -279,7 +279,7 @@ def test_a_plain_span_row_is_the_row_span_row_makes() -> None:
     (``RecordSpan._row``, at export): the very row ``span_row`` makes for it."""
     ended: list[RecordSpan] = []
     p, _ = provider()
-    p.queue.put = ended.append  # type: ignore[method-assign]
+    p.queue.put = ended.append  # type: ignore[method-assign,assignment]
     span = p.get_tracer("sundesk", "1.0").start_span(
         "plain", kind=SpanKind.CLIENT, attributes={"a": "b"}, start_time=10
     )
