@@ -367,14 +367,15 @@ class SpanQueue:
             # Counted as waiting until counted as exported or lost (``stats``): set
             # before the batch leaves the queue, cleared after it is counted.
             self._in_flight = min(len(spans), self._max_batch)
-            batch = [spans.popleft()._row() for _ in range(self._in_flight)]
+            batch = [spans.popleft() for _ in range(self._in_flight)]
             result = SpanExportResult.FAILURE
             try:
+                rows = [span._row() for span in batch]
                 if self._encoded is not None:
-                    result = self._encoded(encode_rows(self._resource_rows, batch), len(batch))
+                    result = self._encoded(encode_rows(self._resource_rows, rows), len(rows))
                 else:
-                    result = self._exporter.export(decode_rows(self._resources, batch))
-            except Exception:  # a failing exporter must not end the export thread
+                    result = self._exporter.export(decode_rows(self._resources, rows))
+            except Exception:  # nothing failing here may end the export thread
                 log.exception("exporting %d spans failed", len(batch))
             if result is SpanExportResult.SUCCESS:
                 self.exported += len(batch)

@@ -376,3 +376,17 @@ def test_a_draw_skips_invalid_ids_and_a_forked_child_does_not_reuse_the_parents(
         os.close(read)
         os.waitpid(child, 0)
         pool.clear()  # not random: no later test may draw them
+
+
+def test_a_span_whose_row_cannot_be_made_is_lost_with_its_batch_and_export_goes_on() -> None:
+    # Rows are made at export now: a failure there counts the batch as lost and leaves
+    # the export running, as a failing exporter does.
+    p, memory = provider()
+    p.queue.put("not a span")  # type: ignore[arg-type]
+    p.get_tracer("sundesk").start_span("same batch").end()
+    assert p.force_flush(5.0)
+    assert p.queue.stats() == (0, 0, 2, 0)
+    p.get_tracer("sundesk").start_span("next batch").end()
+    assert set(finished(p, memory)) == {"next batch"}
+    assert p.queue.stats() == (1, 0, 2, 0)
+    p.shutdown(5.0)
